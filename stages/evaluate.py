@@ -1,0 +1,67 @@
+"""evaluate-parent / evaluate-solK: held-out KL and perplexity, lm-eval tasks, measured speedup.
+
+The parent and every child are evaluated the same way. For solK both the assembled child
+(before GKD) and the distilled one (after) are scored; the distilled child's generation is
+timed against the parent's in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+DEFAULT_BENCH = {"batch_size": 16, "prefill_len": 128, "decode_len": 128, "repeats": 1}
+
+
+def _write_json(path: str, data: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, p)
+
+
+def main(params: dict, item: str | None) -> None:
+    import numpy as np
+    import torch
+
+    from puzzle_dsl import layout
+    from puzzle_dsl.checkpoint import load_child, load_parent
+    from puzzle_dsl.evaluate import (
+        generation_benchmark,
+        model_facts,
+        speedup,
+        task_scores,
+        text_metrics,
+    )
+
+    if not item:
+        raise ValueError("evaluate needs an item: `parent` or a solution name such as `sol0`")
+    ev = params["evaluate"]
+    bench_cfg = {**DEFAULT_BENCH, **(ev.get("benchmark") or {})}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    parent, tokenizer = load_parent(layout.PARENT_DIR)
+    models = {"parent": parent.to(device)}
+    if item != "parent":
+        models["assembled"] = load_child(layout.assembled_dir(item))[0].to(device)
+        models["gkd"] = load_child(layout.gkd_dir(item))[0].to(device)
+    valid = np.load(Path(layout.CORPUS_DIR) / "valid.npy", mmap_mode="r")
+    text = text_metrics(models, parent, valid, batch_size=ev.get("batch_size", 8))
+    results = {name: {**text[name], **model_facts(m),
+                      "tasks": task_scores(m, tokenizer, ev.get("tasks") or [],
+                                           limit=ev.get("limit"),
+                                           batch_size=ev.get("batch_size", 8))}
+               for name, m in models.items() if name != "parent" or item == "parent"}
+    timed = {"parent": parent} if item == "parent" else {"parent": parent, "child": models["gkd"]}
+    bench = generation_benchmark(timed, **bench_cfg)
+    if item == "parent":
+        _write_json(layout.PARENT_EVAL_METRICS, {**results["parent"],
+                                                 "benchmark": {**bench["parent"],
+                                                               "settings": bench_cfg}})
+        return
+    metrics = {"assembled": results["assembled"], "gkd": results["gkd"],
+               "parent": {**text["parent"], **model_facts(parent)},
+               "benchmark": {**bench, "settings": bench_cfg},
+               "speedup": speedup(bench, "child", "parent"), "device": str(device)}
+    _write_json(layout.eval_metrics(item), metrics)

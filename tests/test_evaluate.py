@@ -1,0 +1,103 @@
+"""Evaluation: held-out KL / perplexity and the generation benchmark (puzzle_dsl/evaluate.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from puzzle_dsl.checkpoint import load_parent
+from puzzle_dsl.evaluate import generation_benchmark, model_facts, speedup, text_metrics
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def parent(tiny_parent_dir):
+    return load_parent(tiny_parent_dir)[0]
+
+
+def valid_rows() -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 512, (6, 24), dtype=np.int32)
+
+
+def test_parent_has_zero_kl_and_its_own_perplexity(parent):
+    m = text_metrics({"parent": parent}, parent, valid_rows(), batch_size=4)["parent"]
+    ids = torch.from_numpy(valid_rows().astype(np.int64))
+    with torch.no_grad():
+        logits = parent(ids).logits
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    assert m["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert m["lm_loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert m["perplexity"] == pytest.approx(math.exp(float(loss)), rel=1e-5)
+    assert m["tokens"] == 6 * 24
+
+
+def test_perturbed_model_has_positive_kl(tiny_parent_dir, parent):
+    other = load_parent(tiny_parent_dir)[0]
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    m = text_metrics({"other": other}, parent, valid_rows())["other"]
+    assert m["kl"] > 1e-4
+
+
+def test_benchmark_times_every_model_and_gives_a_ratio(parent):
+    bench = generation_benchmark({"parent": parent, "child": parent}, batch_size=2,
+                                 prefill_len=8, decode_len=4, repeats=2)
+    for b in bench.values():
+        assert b["time_s"] > 0
+        assert b["generation_tokens_per_s"] == pytest.approx(2 * 4 / b["time_s"])
+    assert speedup(bench) > 0
+
+
+def test_benchmark_rejects_empty_settings(parent):
+    with pytest.raises(ValueError, match="decode_len"):
+        generation_benchmark({"parent": parent}, batch_size=1, prefill_len=4, decode_len=0)
+
+
+def test_model_facts_count_parameters_and_kv_bytes(parent):
+    facts = model_facts(parent)
+    cfg = parent.config
+    assert facts["params"] == sum(p.numel() for p in parent.parameters())
+    # 4 layers x (K + V) x 3 KV heads x head_dim 8 x 4 bytes
+    assert facts["kv_bytes_per_token"] == cfg.num_hidden_layers * 2 * 3 * cfg.head_dim * 4
+
+
+SMOLLM2 = Path("/tmp/smollm2")
+
+
+@pytest.mark.slow
+def test_smollm2_child_without_half_its_attention_generates_faster(tmp_path):
+    if not (SMOLLM2 / "model.safetensors").exists():
+        pytest.skip("no float32 SmolLM2 copy at /tmp/smollm2")
+    from puzzle_dsl.assemble import assemble_child
+
+    parent, _ = load_parent(SMOLLM2)
+    cfg = parent.config
+    attn = {"n_heads_in_group": cfg.num_attention_heads // cfg.num_key_value_heads,
+            "no_op": False, "replace_with_linear": False}
+    noop = {"n_heads_in_group": None, "no_op": True, "replace_with_linear": False}
+    ffn = {"intermediate_size": cfg.intermediate_size, "ffn_mult": None, "no_op": False,
+           "replace_with_linear": False}
+    n = cfg.num_hidden_layers
+    solution = {"name": "sol0",
+                "layers": [{"attention": "attn_noop" if i % 2 else "attn_parent",
+                            "ffn": "ffn_parent"} for i in range(n)],
+                "block_configs": [{"attention": noop if i % 2 else attn, "ffn": ffn}
+                                  for i in range(n)]}
+    child, _ = assemble_child(SMOLLM2, solution, root=tmp_path)
+    bench = generation_benchmark({"parent": parent, "child": child}, batch_size=4,
+                                 prefill_len=64, decode_len=32, repeats=2)
+    print(f"SmolLM2, half the attention layers no-op: measured speedup {speedup(bench):.3f} "
+          f"({bench})")
+    assert speedup(bench) > 1.0

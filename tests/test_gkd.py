@@ -1,0 +1,148 @@
+"""Global knowledge distillation (puzzle_dsl/gkd.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from test_assemble import make_solution, write_library
+
+from puzzle_dsl.assemble import assemble_child
+from puzzle_dsl.checkpoint import load_child, load_parent, save_child
+from puzzle_dsl.evaluate import text_metrics
+from puzzle_dsl.gkd import GkdConfig, cosine_loss, distill, kl_loss, step_rows
+
+SOLUTION = [("attn_kv1", "ffn_i64"), ("attn_parent", "ffn_linear"),
+            ("attn_linear", "ffn_parent"), ("attn_noop", "ffn_i64")]
+CFG = GkdConfig(tokens=8 * 32 * 6, batch_size=8, lr=2e-3, warmup_frac=0.2, checkpoint_every=3)
+
+
+def rows(seed: int, n: int = 32, seq_len: int = 32) -> np.ndarray:
+    """Token rows in the corpus format (int32 [n_seq, seq_len])."""
+    return np.random.default_rng(seed).integers(0, 512, (n, seq_len), dtype=np.int32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core machine they spin-wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def child_dir(tiny_parent_dir, tmp_path_factory):
+    """A mixed child assembled from a freshly initialised library, saved as a child dir."""
+    root = tmp_path_factory.mktemp("gkd_root")
+    solution = make_solution(SOLUTION)
+    write_library(root, tiny_parent_dir, solution)
+    child, tok = assemble_child(tiny_parent_dir, solution, root=root)
+    return save_child(child, tok, root / "assembled")
+
+
+def params_of(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_losses_vanish_for_identical_models():
+    h = [torch.randn(2, 5, 8) for _ in range(3)]
+    logits = torch.randn(2, 5, 11)
+    assert float(cosine_loss(h, h)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kl_loss(logits, logits)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_data_order_covers_every_row_once_per_epoch():
+    cfg = GkdConfig(batch_size=4, grad_accum=2, seed=3)
+    seen = np.concatenate([step_rows(16, s, m, cfg) for s in range(2) for m in range(2)])
+    assert sorted(seen.tolist()) == list(range(16))
+
+
+def test_gkd_lowers_kl_to_parent_on_held_out_rows(tiny_parent_dir, child_dir):
+    parent, _ = load_parent(tiny_parent_dir)
+    child, _ = load_child(child_dir)
+    valid = rows(99, n=16)
+    before = text_metrics({"child": child}, parent, valid)["child"]["kl"]
+    cfg = dataclasses.replace(CFG, tokens=8 * 32 * 30)
+    log = distill(child, parent, rows(0), cfg, progress=False)
+    after = text_metrics({"child": child}, parent, valid)["child"]["kl"]
+    assert after < 0.7 * before, (before, after)
+    assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_gkd_resumes_from_checkpoint_to_the_uninterrupted_result(tiny_parent_dir, child_dir,
+                                                                  tmp_path):
+    parent, _ = load_parent(tiny_parent_dir)
+    train = rows(0)
+    straight, _ = load_child(child_dir)
+    log_a = distill(straight, parent, train, CFG, progress=False)
+    interrupted, _ = load_child(child_dir)
+    ckpt = tmp_path / "gkd.ckpt"
+    distill(interrupted, parent, train, CFG, checkpoint=ckpt, stop_after=4, progress=False)
+    resumed, _ = load_child(child_dir)  # a fresh process would start from the assembled child
+    log_b = distill(resumed, parent, train, CFG, checkpoint=ckpt, progress=False)
+    assert [r["loss"] for r in log_b] == [r["loss"] for r in log_a]
+    assert max_diff(params_of(straight), params_of(resumed)) == 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, parent_dir, child_dir, out) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        parent, _ = load_parent(parent_dir)
+        child, _ = load_child(child_dir)
+        distill(child, parent, rows(0), CFG, progress=False)
+        if rank == 0:
+            torch.save(child.state_dict(), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_one_process(tiny_parent_dir, child_dir, tmp_path):
+    out = tmp_path / "ddp.pt"
+    # fork: the workers inherit the imported modules instead of re-importing torch + transformers
+    mp.start_processes(_rank_main, args=(2, _free_port(), tiny_parent_dir, child_dir, out),
+                       nprocs=2, start_method="fork")
+    parent, _ = load_parent(tiny_parent_dir)
+    single, _ = load_child(child_dir)
+    distill(single, parent, rows(0), CFG, progress=False)
+    diff = max_diff(params_of(single), torch.load(out, weights_only=True))
+    print(f"largest parameter difference, 2 gloo ranks vs 1 process: {diff:.3e}")
+    assert diff < 1e-5
+
+
+def test_checkpoint_of_other_params_is_not_resumed(tiny_parent_dir, child_dir, tmp_path):
+    parent, _ = load_parent(tiny_parent_dir)
+    ckpt = tmp_path / "gkd.ckpt"
+    distill(load_child(child_dir)[0], parent, rows(0), CFG, checkpoint=ckpt, stop_after=3,
+            progress=False)
+    other = dataclasses.replace(CFG, lr=5e-4)
+    resumed, _ = load_child(child_dir)
+    log = distill(resumed, parent, rows(0), other, checkpoint=ckpt, progress=False)
+    straight, _ = load_child(child_dir)
+    distill(straight, parent, rows(0), other, progress=False)
+    assert len(log) == other.total_steps(32)
+    assert max_diff(params_of(straight), params_of(resumed)) == 0.0
+
+
+def test_unknown_gkd_params_are_rejected():
+    with pytest.raises(ValueError, match="unknown gkd params \\['lr_max'\\]"):
+        GkdConfig.from_params({"lr_max": 1.0})
