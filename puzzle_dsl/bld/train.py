@@ -1,0 +1,301 @@
+"""The BLD training loop (PUZZLE.md section 2): one parent pass per batch trains every block.
+
+Decoupled BLD: an attention block trains with the parent's FFN after it (frozen), an FFN block
+with the parent's attention before it (frozen, so the FFN's input is just the parent's
+intermediate activation). Per batch the parent runs layer by layer under no_grad; right after
+parent layer i, every block of layer i (of every variant given) runs on the parent's own
+detached input for that layer and back-propagates its loss, so no gradient crosses layers and
+only one layer's activations are alive at a time. One AdamW steps all blocks; clipping is per
+block, so blocks stay independent: a variant trained alone or beside others, at one layer or
+at many, gets bit-identical weights.
+
+Loss target: the *delta* of the span the block influences (normalized_mse explains why):
+attention block: layer output - layer input; FFN block: layer output - the intermediate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from puzzle_dsl.bld.init import init_attention, init_ffn
+from puzzle_dsl.bld.loss import normalized_mse
+from puzzle_dsl.library import build_block, parent_shape_of
+from puzzle_dsl.optim import clip_grad_norms, make_optimizer, warmup_cosine
+from puzzle_dsl.space import block_piece
+
+INITS = ("paper", "random")
+
+
+@dataclass(frozen=True)
+class BldSettings:
+    """`bld.common` of params.yaml."""
+
+    tokens: int
+    batch_size: int
+    lr: float = 1e-4
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    init: str = "paper"
+    seed: int = 0
+    checkpoint_every: int = 200  # steps between resume checkpoints (0: none)
+    device: str = "auto"  # auto: cuda when present, else cpu
+
+    @classmethod
+    def from_params(cls, common: dict) -> BldSettings:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(common) - known)
+        if unknown:
+            raise ValueError(f"bld.common has unknown keys {unknown}; known: {sorted(known)}")
+        missing = [k for k in ("tokens", "batch_size") if k not in common]
+        if missing:
+            raise ValueError(f"bld.common needs {missing}")
+        s = cls(**{**common, "betas": tuple(common.get("betas", (0.9, 0.95)))})
+        if s.init not in INITS:
+            raise ValueError(f"bld.common.init={s.init!r}: use one of {INITS}")
+        if s.tokens < 1 or s.batch_size < 1:
+            raise ValueError("bld.common.tokens and batch_size must be positive")
+        return s
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+@dataclass
+class VariantJob:
+    """One variant to train: its trainable blocks per layer, and its losses."""
+
+    name: str
+    subblock: str  # attention | ffn | pair (coupled BLD; spec = {"attention": .., "ffn": ..})
+    spec: dict
+    blocks: dict[int, nn.ModuleDict] = field(default_factory=dict)
+    init_loss: dict[int, float] = field(default_factory=dict)
+    final_loss: dict[int, float] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Library tensors: `layers.{i}.<child name>`, contiguous, on the CPU."""
+        return {f"layers.{i}.{k}": v.detach().cpu().contiguous()
+                for i, block in sorted(self.blocks.items()) for k, v in block.state_dict().items()}
+
+
+# ---------------------------------------------------------------- data
+class TrainBatches:
+    """Step -> batch of the train split: a seeded permutation per epoch, so any step can be
+    fetched directly (a resumed run reads exactly what an uninterrupted one would)."""
+
+    def __init__(self, path: str | Path, batch_size: int, seed: int):
+        self.data = np.load(path, mmap_mode="r")  # (N, T)
+        if self.data.ndim != 2 or len(self.data) == 0:
+            raise ValueError(f"{path} must be a non-empty int array [n_seq, seq_len]")
+        self.batch_size, self.seed = batch_size, seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.data.shape[1])
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.data))}
+        return self._perms[epoch]
+
+    def __call__(self, step: int) -> Tensor:
+        n = len(self.data)
+        rows = [self._perm(g // n)[g % n] for g in range(step * self.batch_size,
+                                                         (step + 1) * self.batch_size)]
+        return torch.from_numpy(np.asarray(self.data[rows], dtype=np.int64))  # (B, T)
+
+
+# ---------------------------------------------------------------- blocks
+def _block_seed(seed: int, variant: str, layer: int) -> int:
+    return zlib.crc32(f"{seed}/{variant}/{layer}".encode())
+
+
+def layer_state(parent: nn.Module, layer: int) -> dict[str, Tensor]:
+    """The parent's layer-`layer` tensors keyed relative to the layer (`mlp.up_proj.weight`)."""
+    return {k: v.detach() for k, v in parent.model.layers[layer].state_dict().items()}
+
+
+def make_block(parent: nn.Module, subblock: str, spec: dict, layer: int, init: str,
+               seed: int, contributions: Tensor | None = None, name: str = "") -> nn.ModuleDict:
+    """A trainable block of variant `spec` for `layer`: the paper's initialisation or random
+    (PyTorch's default Linear init, norms at 1; seeded per variant and layer)."""
+    config = parent.config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_block_seed(seed, name, layer))
+        block = build_block(config, subblock, spec, layer)
+    if block is None:
+        raise ValueError(f"{subblock} variant {name or spec} is a no-op: it has nothing to train")
+    if init == "paper":
+        piece, state = block_piece(subblock, spec), layer_state(parent, layer)
+        if subblock == "attention":
+            tensors = init_attention(state, piece, config.num_attention_heads,
+                                     parent_shape_of(config).num_key_value_heads)
+        else:
+            tensors = init_ffn(state, piece, contributions)
+        block.load_state_dict(tensors, strict=True)
+    ref = next(parent.parameters())
+    return block.to(device=ref.device, dtype=ref.dtype).train()
+
+
+def make_pair_block(parent: nn.Module, attention_spec: dict, ffn_spec: dict, layer: int,
+                    init: str, seed: int, contributions: Tensor | None = None,
+                    name: str = "") -> nn.ModuleDict:
+    """Coupled BLD: an (attention, FFN) pair as one block (subblock "pair"), trained against the
+    whole parent layer. A no-op side has no modules (the residual passes through)."""
+    modules = {}
+    for subblock, spec in (("attention", attention_spec), ("ffn", ffn_spec)):
+        if spec["kind"] != "no_op":
+            modules.update(make_block(parent, subblock, spec, layer, init, seed, contributions,
+                                      name=f"{name}/{subblock}"))
+    if not modules:
+        raise ValueError("a pair of two no-ops has nothing to train")
+    return nn.ModuleDict(modules)
+
+
+def run_block(block: nn.ModuleDict, subblock: str, parent_layer: nn.Module, h: Tensor, m: Tensor,
+              pe, mask) -> tuple[Tensor, Tensor]:
+    """(child layer output, the span's input) for one block in place of the parent's subblock."""
+    if subblock == "attention":  # child attention, then the parent's frozen FFN
+        x = h + block["self_attn"](block["input_layernorm"](h), pe, mask)
+        return parent_layer.ffn_subblock(x), h
+    if subblock == "ffn":  # the parent's attention already made m
+        return m + block["mlp"](block["post_attention_layernorm"](m)), m
+    x = h + block["self_attn"](block["input_layernorm"](h), pe, mask) if "self_attn" in block else h
+    y = x + block["mlp"](block["post_attention_layernorm"](x)) if "mlp" in block else x
+    return y, h
+
+
+def layer_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
+                 backward: bool) -> dict[tuple[int, int], float]:
+    """{(job index, layer): loss} for one batch; `backward` accumulates each block's grads."""
+    model = parent.model
+    last = max(i for job in jobs for i in job.blocks)
+    with torch.no_grad():
+        h = model.embed_tokens(ids.to(model.embed_tokens.weight.device))  # (B, T, C)
+        pe, mask = model.rope_and_mask(h)
+    losses = {}
+    for i in range(last + 1):
+        layer = model.layers[i]
+        with torch.no_grad():
+            m = layer.attention_subblock(h, pe, mask)
+            o = layer.ffn_subblock(m)
+        for j, job in enumerate(jobs):
+            if i not in job.blocks:
+                continue
+            with torch.set_grad_enabled(backward):
+                y, start = run_block(job.blocks[i], job.subblock, layer, h, m, pe, mask)
+                loss = normalized_mse(y - start, o - start)
+            if backward:
+                loss.backward()
+            losses[(j, i)] = float(loss.detach())
+        h = o
+    return losses
+
+
+# ---------------------------------------------------------------- the loop
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    seconds: float
+    history: list[dict]  # per step: step, loss (mean over blocks), lr, tokens, elapsed_s
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int], Tensor],
+          eval_ids: Tensor, settings: BldSettings, *, checkpoint: Path | None = None,
+          fingerprint: str = "", progress: bool = True) -> TrainResult:
+    """Train every block of `jobs` for bld.common.tokens tokens; fill each job's losses.
+
+    `checkpoint`: a file to resume from (when its fingerprint matches) and to save to every
+    `settings.checkpoint_every` steps; a resumed run ends bit-identical to an uninterrupted one.
+    """
+    from tqdm.auto import tqdm
+
+    parent.eval().requires_grad_(False)
+    seq_tokens = int(batches(0).numel())
+    steps = max(1, settings.tokens // seq_tokens)
+    params = [p for job in jobs for b in job.blocks.values() for p in b.parameters()]
+    opt = make_optimizer(params, settings.lr, settings.weight_decay, settings.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, steps, settings.warmup_frac))
+    groups = [list(b.parameters()) for job in jobs for b in job.blocks.values()]
+    n_blocks = len(groups)
+
+    with torch.no_grad():
+        init = layer_losses(parent, jobs, eval_ids, backward=False)
+    start, history, seconds = 0, [], 0.0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            for job, blocks in zip(jobs, state["blocks"]):
+                for i, sd in blocks.items():
+                    job.blocks[i].load_state_dict(sd)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start, history, seconds = state["step"], state["history"], state["seconds"]
+
+    bar = tqdm(total=steps, initial=start, desc="bld", unit="step", disable=not progress)
+    t0 = time.perf_counter() - seconds
+    for step in range(start, steps):
+        ids = batches(step)
+        lr = opt.param_groups[0]["lr"]
+        losses = layer_losses(parent, jobs, ids, backward=True)
+        clip_grad_norms(groups, settings.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        mean = sum(losses.values()) / len(losses)
+        elapsed = time.perf_counter() - t0
+        history.append({"step": step, "loss": mean, "lr": lr, "tokens": (step + 1) * seq_tokens,
+                        "elapsed_s": elapsed})
+        bar.set_postfix(loss=f"{mean:.4f}", blocks=n_blocks, refresh=False,
+                        tok_s=f"{(step + 1 - start) * seq_tokens / max(elapsed - seconds, 1e-9):.0f}")
+        bar.update(1)
+        every = settings.checkpoint_every
+        if checkpoint is not None and every and (step + 1) % every == 0 and step + 1 < steps:
+            _save_checkpoint(checkpoint, {
+                "fingerprint": fingerprint, "step": step + 1, "history": history,
+                "seconds": elapsed, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "blocks": [{i: b.state_dict() for i, b in job.blocks.items()} for job in jobs]})
+    bar.close()
+    seconds = time.perf_counter() - t0
+
+    with torch.no_grad():
+        final = layer_losses(parent, jobs, eval_ids, backward=False)
+    for j, job in enumerate(jobs):
+        job.init_loss = {i: init[(j, i)] for i in sorted(job.blocks)}
+        job.final_loss = {i: final[(j, i)] for i in sorted(job.blocks)}
+    return TrainResult(steps=steps, tokens=steps * seq_tokens, seconds=seconds, history=history)
+
+
+def fingerprint_of(*parts) -> str:
+    """A stable digest of the settings, variant and input files a checkpoint belongs to."""
+    def default(o):
+        if isinstance(o, Path):
+            st = o.stat()
+            return [str(o.resolve()), st.st_size, st.st_mtime_ns]
+        if isinstance(o, BldSettings):
+            return asdict(o)
+        return str(o)
+    return hashlib.sha256(json.dumps(parts, default=default, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,125 @@
+"""Stage `bld-V`: train variant V's block for every layer it may take (decoupled BLD).
+
+Reads artifacts/parent/, the corpus (train split to train, the first batch of valid to measure
+init and final loss), and for pruned FFNs the calibration file. Writes artifacts/library/V/
+(blocks.safetensors, losses.parquet), metrics/bld/V.json and plots/bld/V.csv. Resumes from
+its own checkpoint (artifacts/library/.V.resume/) after an interruption, with the same result.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+from puzzle_dsl import layout
+
+
+def find_variant(space: dict, name: str) -> tuple[str, dict]:
+    """(subblock, spec) of variant `name` in params.yaml's `space`."""
+    for subblock in ("attention", "ffn"):
+        if name in (space.get(subblock) or {}):
+            return subblock, space[subblock][name]
+    raise ValueError(f"variant {name!r} is not in space.attention or space.ffn of params.yaml")
+
+
+def _write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _contributions(layers: list[int]):
+    from safetensors.torch import load_file
+
+    from puzzle_dsl.bld.calibrate import contribution_key
+
+    path = Path(layout.CALIBRATION_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: run the `calibrate` stage before pruned-FFN variants")
+    tensors = load_file(str(path))
+    return {i: tensors[contribution_key(i)] for i in layers}
+
+
+def main(params: dict, item: str | None) -> None:
+    import numpy as np
+    import polars as pl
+    import torch
+    from safetensors.torch import save_file
+
+    from puzzle_dsl.bld.train import (
+        BldSettings,
+        TrainBatches,
+        VariantJob,
+        fingerprint_of,
+        make_block,
+        train,
+    )
+    from puzzle_dsl.checkpoint import atomic_dir, load_parent
+    from puzzle_dsl.library import BLOCKS_FILE, parent_shape_of
+    from puzzle_dsl.space import needs_training
+
+    if not item:
+        raise ValueError("the bld stage trains one variant: `puzzle-dsl run-stage bld VARIANT`")
+    settings = BldSettings.from_params(params["bld"]["common"])
+    subblock, spec = find_variant(params["space"], item)
+    parent, _ = load_parent(layout.PARENT_DIR, dtype=torch.float32)
+    shape = parent_shape_of(parent.config)
+    if not needs_training(subblock, spec, shape):
+        raise ValueError(f"variant {item} ({spec['kind']}) is a no-op or the parent's own block: "
+                         "it needs no BLD stage")
+    layers = sorted(int(i) for i in spec["layers"])
+    if not layers or layers[0] < 0 or layers[-1] >= shape.num_hidden_layers:
+        raise ValueError(f"variant {item}: layers {layers} must be within 0..{shape.num_hidden_layers - 1}")
+    parent = parent.to(settings.torch_device())
+
+    needs_calibration = subblock == "ffn" and spec["kind"] == "swiglu" and settings.init == "paper"
+    contributions = _contributions(layers) if needs_calibration else {}
+    job = VariantJob(item, subblock, spec)
+    for i in layers:
+        job.blocks[i] = make_block(parent, subblock, spec, i, settings.init, settings.seed,
+                                   contributions.get(i), name=item)
+
+    corpus = Path(layout.CORPUS_DIR)
+    batches = TrainBatches(corpus / "train.npy", settings.batch_size, settings.seed)
+    valid = np.load(corpus / "valid.npy", mmap_mode="r")
+    eval_ids = torch.from_numpy(np.asarray(valid[: settings.batch_size], dtype=np.int64))  # (B, T)
+
+    library = Path(layout.library_dir(item))
+    resume_dir = library.parent / f".{library.name}.resume"
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    inputs = [Path(layout.PARENT_DIR) / "model.safetensors", corpus / "train.npy", corpus / "valid.npy"]
+    if needs_calibration:
+        inputs.append(Path(layout.CALIBRATION_FILE))
+    fingerprint = fingerprint_of(settings, subblock, spec, [p for p in inputs if p.exists()])
+    result = train(parent, [job], batches, eval_ids, settings,
+                   checkpoint=resume_dir / "checkpoint.pt", fingerprint=fingerprint)
+
+    with atomic_dir(library) as tmp:
+        save_file(job.state_dict(), str(tmp / BLOCKS_FILE), metadata={"variant": item,
+                                                                      "subblock": subblock})
+        pl.DataFrame({"layer": layers, "init_loss": [job.init_loss[i] for i in layers],
+                      "final_loss": [job.final_loss[i] for i in layers]},
+                     schema={"layer": pl.Int64, "init_loss": pl.Float64,
+                             "final_loss": pl.Float64}).write_parquet(tmp / "losses.parquet")
+    final = [job.final_loss[i] for i in layers]
+    metrics = {"mean_final_loss": sum(final) / len(final), "max_final_loss": max(final),
+               "mean_init_loss": sum(job.init_loss.values()) / len(layers),
+               "final_loss": {str(i): job.final_loss[i] for i in layers},
+               "tokens": result.tokens, "steps": result.steps,
+               "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+               "block_tokens_per_s": result.tokens * len(layers) / max(result.seconds, 1e-9)}
+    _write_text(layout.bld_metrics(item), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    rows = [["step", "loss", "lr", "tokens"]] + [[r["step"], r["loss"], r["lr"], r["tokens"]]
+                                                  for r in result.history]
+    plot = Path(layout.bld_plot(item))
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    tmp_plot = plot.with_name(f".{plot.name}.tmp-{os.getpid()}")
+    with tmp_plot.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    tmp_plot.replace(plot)
+    shutil.rmtree(resume_dir, ignore_errors=True)
