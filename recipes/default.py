@@ -1,0 +1,61 @@
+"""The main job: SmolLM2-135M -> a child with 2x its generation throughput on this CPU.
+
+Token budgets are sized for a full `dvc repro` on 2 CPU cores (parent forward ~280 tokens/s,
+generation ~75 new tokens/s: docs NOTES), not for quality; raise them on faster machines.
+"""
+
+from pathlib import Path
+
+from puzzle_dsl.recipe import (
+    BLD,
+    FFN,
+    GKD,
+    GQA,
+    Benchmark,
+    Corpus,
+    Evaluation,
+    Generated,
+    LinearAttention,
+    LinearFFN,
+    NoOpAttention,
+    NoOpFFN,
+    Parent,
+    Recipe,
+    Relative,
+    Scenario,
+    Scoring,
+    Search,
+    SearchSpace,
+    Task,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # public dev data, when present
+TASKS = [Task(name, path=str(DATA / file)) for name, file in [
+    ("arc_easy", "arc/ARC-Easy-Dev.jsonl"),
+    ("copa", "copa/copa.jsonl"),
+] if (DATA / file).is_file()]
+
+recipe = Recipe(
+    name="default",
+    parent=Parent("gguf:default"),
+    corpus=Corpus(
+        sources=[Generated(batch_size=32, max_new_tokens=256)],
+        seq_len=256,
+        train_tokens=24_576,
+        score_tokens=2_048,
+        valid_tokens=4_096,
+    ),
+    space=SearchSpace(
+        attention=[GQA(kv_heads=3), GQA(kv_heads=1), LinearAttention(), NoOpAttention()],
+        ffn=[FFN(share=s) for s in (0.1, 0.25, 0.5, 0.75, 0.9)] + [LinearFFN(), NoOpFFN()],
+        keep_parent_layers=[0, -1],
+    ),
+    bld=BLD(tokens=16_384, batch_size=4, lr=5e-4, calibration_tokens=8_192),
+    scoring=Scoring(metric="kl", tokens=1_024, batch_size=4),
+    scenario=Scenario(device="cpu", dtype="float32", batch_sizes=[16], prefill_len=128,
+                      decode_len=128),
+    search=Search(throughput=Relative(2.0), num_solutions=3, diversity_alpha=0.8),
+    gkd=GKD(tokens=16_384, batch_size=4, lr=1e-4),
+    evaluation=Evaluation(tasks=TASKS, limit=50, batch_size=8,
+                          benchmark=Benchmark(batch_size=16, prefill_len=128, decode_len=128)),
+)

@@ -1,0 +1,46 @@
+"""A tiny end-to-end job on the random tiny parent: a full `dvc repro` in well under 2 minutes."""
+
+from puzzle_dsl.recipe import (
+    BLD,
+    FFN,
+    GKD,
+    GQA,
+    Benchmark,
+    Corpus,
+    Evaluation,
+    Generated,
+    NoOpAttention,
+    NoOpFFN,
+    Parent,
+    Recipe,
+    Relative,
+    Scenario,
+    Scoring,
+    Search,
+    SearchSpace,
+)
+
+recipe = Recipe(
+    name="smoke",
+    parent=Parent("tiny:0"),
+    corpus=Corpus(
+        sources=[Generated(batch_size=32, max_new_tokens=64)],  # one generation batch
+        seq_len=64,
+        train_tokens=1_536,
+        score_tokens=256,
+        valid_tokens=256,
+    ),
+    space=SearchSpace(
+        attention=[GQA(kv_heads=1), NoOpAttention()],
+        ffn=[FFN(share=0.5), NoOpFFN()],
+        keep_parent_layers=[0],
+    ),
+    bld=BLD(tokens=1_024, batch_size=4, lr=1e-3, calibration_tokens=256, calibration_batch_size=4),
+    scoring=Scoring(metric="kl", tokens=256, batch_size=4),
+    scenario=Scenario(device="cpu", dtype="float32", batch_sizes=[2], prefill_len=16,
+                      decode_len=16, warmup=1, repeats=3),
+    search=Search(throughput=Relative(1.2), num_solutions=2, time_limit_s=10, pareto_points=3),
+    gkd=GKD(tokens=1_024, batch_size=4, lr=1e-3, checkpoint_every=10),
+    evaluation=Evaluation(batch_size=4, benchmark=Benchmark(batch_size=2, prefill_len=16,
+                                                            decode_len=16)),
+)
