@@ -1,0 +1,1 @@
+"""The Nemotron-NAS child model (shipped as remote code with exported children)."""

@@ -1,0 +1,12 @@
+"""Stage `parent`: import the parent once as a plain float safetensors checkpoint + tokenizer."""
+
+from __future__ import annotations
+
+from puzzle_dsl import layout
+from puzzle_dsl.parent import import_parent
+
+
+def main(params: dict, item: str | None = None) -> None:
+    p = params["parent"]
+    import_parent(p["source"], layout.PARENT_DIR, dtype=p.get("dtype", "float32"),
+                  trust_remote_code=bool(p.get("trust_remote_code", False)))
