@@ -8,6 +8,7 @@ parameter that DVC does not track.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,19 @@ def load_program(root: Path, name: str):
 
 
 def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> None:
+    """Run the stage program, then log it to MLflow (unless PUZZLE_TRACKING=0).
+
+    Tracking reads only the files the stage wrote and never fails the stage.
+    """
     root = Path(root)
     entry, params = load_stage(root, name, item)
     program = load_program(root, name)
     program.main(params, item)
+    if os.environ.get("PUZZLE_TRACKING", "1") != "0":
+        from puzzle_dsl import tracking
+
+        tracking.log_stage(root, stage_id(name, item), entry, params)
+
+
+if __name__ == "__main__":  # `python -m puzzle_dsl.run_stage NAME [ITEM]`, same as the CLI
+    run_stage(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
