@@ -127,6 +127,23 @@ def run_stage_cmd(name: str, item: str | None, root: str) -> None:
         _fail(exc)
 
 
+@main.command()
+@click.option("-j", "--jobs", default=2, show_default=True, type=click.IntRange(1),
+              help="Stages run at once.")
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Pipeline root (the folder of dvc.yaml).")
+def repro(jobs: int, root: str) -> None:
+    """Reproduce the pipeline with JOBS stages at once (DVC single-stage repro per stage).
+
+    Ends in the state a serial `dvc repro` reaches: same dvc.lock, outputs in the cache.
+    """
+    from puzzle_dsl.parallel import parallel_repro
+
+    results = parallel_repro(root, jobs=jobs, echo=click.echo)
+    if any(r.returncode for r in results):
+        raise SystemExit(1)
+
+
 @main.command("import-parent")
 @click.argument("source")
 @click.argument("out", type=click.Path(file_okay=False))

@@ -1,0 +1,49 @@
+"""Run-to-run spread of the runtime table on SmolLM2: measure it twice, compare row by row.
+
+Run: python benchmarks/runtime_spread.py [--model /tmp/smollm2] [--batch 8] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from puzzle_dsl.checkpoint import load_parent
+from puzzle_dsl.runtime import Scenario, measure_table
+
+SPACE = {"attention": {"attn_kv3": {"kind": "gqa", "n_heads_in_group": 3},
+                       "attn_kv1": {"kind": "gqa", "n_heads_in_group": 9},
+                       "attn_linear": {"kind": "linear"}, "attn_noop": {"kind": "no_op"}},
+         "ffn": {"ffn_i1536": {"kind": "swiglu", "intermediate_size": 1536},
+                 "ffn_i768": {"kind": "swiglu", "intermediate_size": 768},
+                 "ffn_linear": {"kind": "linear"}, "ffn_noop": {"kind": "no_op"}}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="/tmp/smollm2")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    model, _ = load_parent(args.model)
+    sc = Scenario(batch_sizes=(args.batch,), prefill_len=128, decode_len=128, warmup=1,
+                  repeats=args.repeats)
+    runs = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        runs.append({(r["subblock"], r["variant"], r["phase"]): r["latency_s"]
+                     for r in measure_table(model.config, SPACE, sc)})
+        print(f"table measured in {time.perf_counter() - t0:.0f} s")
+    rel = {}
+    for key, a in runs[0].items():
+        b = runs[1][key]
+        if max(a, b) > 1e-5:  # no-op rows are ~0: relative spread is meaningless
+            rel[key] = abs(a - b) / ((a + b) / 2)
+        print(f"{key[0]:9s} {key[1]:12s} {key[2]:7s} {a * 1e3:9.3f} ms {b * 1e3:9.3f} ms")
+    print(f"relative difference: median {statistics.median(rel.values()):.1%}, "
+          f"max {max(rel.values()):.1%} over {len(rel)} rows")
+
+
+if __name__ == "__main__":
+    main()
