@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from puzzle_dsl.distributed import barrier, mean_across_ranks, rank_slice, rank_world
 from puzzle_dsl.optim import make_optimizer, warmup_cosine_scheduler
 
 PLOT_COLUMNS = ("step", "loss", "cosine", "kl", "lm_loss", "lr", "tokens")
@@ -127,13 +127,6 @@ def step_rows(n_seq: int, step: int, micro: int, cfg: GkdConfig) -> np.ndarray:
     return rows
 
 
-def rank_slice(rows: np.ndarray, rank: int, world: int) -> np.ndarray:
-    if len(rows) % world:
-        raise ValueError(f"gkd batch_size={len(rows)} must be a multiple of the {world} ranks")
-    per = len(rows) // world
-    return rows[rank * per:(rank + 1) * per]
-
-
 # ---------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temp file, then rename (never a half-written checkpoint)."""
@@ -157,20 +150,6 @@ def run_fingerprint(cfg: GkdConfig, child: torch.nn.Module, seq_len: int, n_seq:
 
 
 # ---------------------------------------------------------------- the loop
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _mean_across_ranks(values: dict[str, float], world: int, device) -> dict[str, float]:
-    if world == 1:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(values, (t / world).tolist()))
-
-
 def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, cfg: GkdConfig,
             *, checkpoint: str | Path | None = None, stop_after: int | None = None,
             progress: bool = True) -> list[dict]:
@@ -180,7 +159,7 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
     from and save to every cfg.checkpoint_every steps. `stop_after`: stop after that many steps
     (an interruption, for tests).
     """
-    rank, world = _world()
+    rank, world = rank_world()
     device = next(child.parameters()).device
     n_seq, seq_len = train.shape
     total = cfg.total_steps(seq_len)
@@ -211,7 +190,8 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
     for step in range(start, total):
         parts_sum: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
-            rows = np.sort(rank_slice(step_rows(n_seq, step, micro, cfg), rank, world))
+            rows = step_rows(n_seq, step, micro, cfg)
+            rows = np.sort(rank_slice(rows, rank, world, "gkd batch_size"))
             ids = torch.from_numpy(np.asarray(train[rows], dtype=np.int64)).to(device)  # (b, T)
             sync = micro == cfg.grad_accum - 1 or world == 1
             ctx = contextlib.nullcontext() if sync else forward.no_sync()
@@ -226,7 +206,7 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        parts_mean = _mean_across_ranks(parts_sum, world, device)
+        parts_mean = mean_across_ranks(parts_sum, device)
         log.append({"step": step + 1, **parts_mean, "lr": lr,
                     "tokens": (step + 1) * tokens_per_step})
         done = step + 1 - start
@@ -239,8 +219,7 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
                     "model": child.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                     "step": step + 1, "log": log, "fingerprint": fingerprint})
-            if world > 1:
-                dist.barrier()
+            barrier()
         if stop_after is not None and step + 1 - start >= stop_after:
             break
     bar.close()

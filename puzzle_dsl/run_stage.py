@@ -79,7 +79,8 @@ def load_program(root: Path, name: str):
 
 
 def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> None:
-    """Run the stage program, then log it to MLflow (unless PUZZLE_TRACKING=0).
+    """Run the stage program, then log it to MLflow (unless PUZZLE_TRACKING=0; under torchrun
+    only rank 0 logs).
 
     Tracking reads only the files the stage wrote and never fails the stage.
     """
@@ -87,7 +88,7 @@ def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> Non
     entry, params = load_stage(root, name, item)
     program = load_program(root, name)
     program.main(params, item)
-    if os.environ.get("PUZZLE_TRACKING", "1") != "0":
+    if os.environ.get("PUZZLE_TRACKING", "1") != "0" and os.environ.get("RANK", "0") == "0":
         from puzzle_dsl import tracking
 
         tracking.log_stage(root, stage_id(name, item), entry, params)

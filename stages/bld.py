@@ -4,6 +4,14 @@ Reads artifacts/parent/, the corpus (train split to train, the first batch of va
 init and final loss), and for pruned FFNs the calibration file. Writes artifacts/library/V/
 (blocks.safetensors, losses.parquet), metrics/bld/V.json and plots/bld/V.csv. Resumes from
 its own checkpoint (artifacts/library/.V.resume/) after an interruption, with the same result.
+
+Data parallel on N devices (or N CPU processes) with the same result as one process, within
+float tolerance (bld.common.batch_size stays the global batch and must divide by N):
+
+    torchrun --nproc-per-node 8 $(which puzzle-dsl) run-stage bld attn_kv1
+
+Ranks use gloo on the CPU, NCCL on GPUs (cuda:LOCAL_RANK); only rank 0 writes the outputs, the
+resume checkpoint and the MLflow run.
 """
 
 from __future__ import annotations
@@ -47,10 +55,9 @@ def _contributions(layers: list[int]):
 
 def main(params: dict, item: str | None) -> None:
     import numpy as np
-    import polars as pl
     import torch
-    from safetensors.torch import save_file
 
+    from puzzle_dsl import distributed
     from puzzle_dsl.bld.train import (
         BldSettings,
         TrainBatches,
@@ -59,14 +66,21 @@ def main(params: dict, item: str | None) -> None:
         make_block,
         train,
     )
-    from puzzle_dsl.checkpoint import atomic_dir, load_parent
-    from puzzle_dsl.library import BLOCKS_FILE, parent_shape_of
+    from puzzle_dsl.checkpoint import load_parent
+    from puzzle_dsl.library import parent_shape_of
     from puzzle_dsl.space import needs_training
 
     if not item:
         raise ValueError("the bld stage trains one variant: `puzzle-dsl run-stage bld VARIANT`")
     settings = BldSettings.from_params(params["bld"]["common"])
     subblock, spec = find_variant(params["space"], item)
+    device = settings.torch_device()
+    distributed.init_from_env(device)
+    _, world = distributed.rank_world()
+    if settings.batch_size % world:
+        raise ValueError(f"bld.common.batch_size={settings.batch_size} is the global batch: it "
+                         f"must be a multiple of the {world} torchrun processes; change it or "
+                         "--nproc-per-node")
     parent, _ = load_parent(layout.PARENT_DIR, dtype=torch.float32)
     shape = parent_shape_of(parent.config)
     if not needs_training(subblock, spec, shape):
@@ -75,7 +89,7 @@ def main(params: dict, item: str | None) -> None:
     layers = sorted(int(i) for i in spec["layers"])
     if not layers or layers[0] < 0 or layers[-1] >= shape.num_hidden_layers:
         raise ValueError(f"variant {item}: layers {layers} must be within 0..{shape.num_hidden_layers - 1}")
-    parent = parent.to(settings.torch_device())
+    parent = parent.to(device)
 
     needs_calibration = subblock == "ffn" and spec["kind"] == "swiglu" and settings.init == "paper"
     contributions = _contributions(layers) if needs_calibration else {}
@@ -98,7 +112,20 @@ def main(params: dict, item: str | None) -> None:
     fingerprint = fingerprint_of(settings, subblock, spec, [p for p in inputs if p.exists()])
     result = train(parent, [job], batches, eval_ids, settings,
                    checkpoint=resume_dir / "checkpoint.pt", fingerprint=fingerprint)
+    if distributed.is_main():
+        _write_outputs(item, subblock, job, layers, result)
+    distributed.barrier()
 
+
+def _write_outputs(item: str, subblock: str, job, layers: list[int], result) -> None:
+    """blocks.safetensors + losses.parquet, metrics, plot; then drop the resume checkpoint."""
+    import polars as pl
+    from safetensors.torch import save_file
+
+    from puzzle_dsl.checkpoint import atomic_dir
+    from puzzle_dsl.library import BLOCKS_FILE
+
+    library = Path(layout.library_dir(item))
     with atomic_dir(library) as tmp:
         save_file(job.state_dict(), str(tmp / BLOCKS_FILE), metadata={"variant": item,
                                                                       "subblock": subblock})
@@ -122,4 +149,4 @@ def main(params: dict, item: str | None) -> None:
     with tmp_plot.open("w", newline="") as f:
         csv.writer(f).writerows(rows)
     tmp_plot.replace(plot)
-    shutil.rmtree(resume_dir, ignore_errors=True)
+    shutil.rmtree(library.parent / f".{library.name}.resume", ignore_errors=True)

@@ -1,7 +1,12 @@
 """gkd-solK: global knowledge distillation of the assembled child against the parent.
 
-Runs alone or under `torchrun --nproc-per-node N` (DDP; gloo on CPU, NCCL on GPU). An
-interrupted run resumes from `<gkd dir>.resume.pt` when rerun with the same params.
+Runs alone or data parallel under torchrun (DDP; gloo on CPU, NCCL on GPUs, cuda:LOCAL_RANK),
+with gkd.batch_size as the global micro-batch (a multiple of the process count):
+
+    torchrun --nproc-per-node 8 $(which puzzle-dsl) run-stage gkd sol0
+
+Only rank 0 writes the outputs, the resume checkpoint and the MLflow run. An interrupted run
+resumes from `<gkd dir>.resume.pt` when rerun with the same params.
 """
 
 from __future__ import annotations
@@ -10,23 +15,6 @@ import json
 import os
 import time
 from pathlib import Path
-
-
-def _init_distributed():
-    """(device, rank) from torchrun's environment; one process -> (cuda:0 | cpu, 0)."""
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    return device, rank
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -39,16 +27,16 @@ def _write_json(path: str, data: dict) -> None:
 
 def main(params: dict, item: str | None) -> None:
     import numpy as np
-    import torch.distributed as dist
 
-    from puzzle_dsl import layout
+    from puzzle_dsl import distributed, layout
     from puzzle_dsl.checkpoint import load_child, load_parent, save_child
     from puzzle_dsl.gkd import GkdConfig, distill, summary, write_plot
 
     if not item:
         raise ValueError("gkd needs a solution item: `puzzle-dsl run-stage gkd sol0`")
     cfg = GkdConfig.from_params(params["gkd"])
-    device, rank = _init_distributed()
+    device = distributed.local_device("auto")
+    distributed.init_from_env(device)
     parent, _ = load_parent(layout.PARENT_DIR)
     child, tokenizer = load_child(layout.assembled_dir(item))
     parent.to(device)
@@ -58,10 +46,9 @@ def main(params: dict, item: str | None) -> None:
     t0 = time.perf_counter()
     log = distill(child, parent, train, cfg, checkpoint=resume)
     seconds = time.perf_counter() - t0
-    if rank == 0:
+    if distributed.is_main():
         save_child(child.to("cpu"), tokenizer, layout.gkd_dir(item))
         write_plot(layout.gkd_plot(item), log)
         _write_json(layout.gkd_metrics(item), summary(log, seconds))
         resume.unlink(missing_ok=True)
-    if dist.is_initialized():
-        dist.barrier()
+    distributed.barrier()

@@ -9,6 +9,11 @@ only one layer's activations are alive at a time. One AdamW steps all blocks; cl
 block, so blocks stay independent: a variant trained alone or beside others, at one layer or
 at many, gets bit-identical weights.
 
+Under `torchrun` each rank runs this loop on an equal slice of every global batch
+(bld.common.batch_size sequences); gradients and loss statistics are averaged across ranks
+before the per-block clipping, so N ranks train the blocks one process would (within float
+tolerance). Only rank 0 saves the resume checkpoint.
+
 Loss target: the *delta* of the span the block influences (normalized_mse explains why):
 attention block: layer output - layer input; FFN block: layer output - the intermediate.
 """
@@ -28,13 +33,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from puzzle_dsl import distributed
 from puzzle_dsl.bld.init import init_attention, init_ffn
-from puzzle_dsl.bld.loss import normalized_mse
 from puzzle_dsl.library import build_block, parent_shape_of
 from puzzle_dsl.optim import clip_grad_norms, make_optimizer, warmup_cosine
 from puzzle_dsl.space import block_piece
 
 INITS = ("paper", "random")
+EPS = 1e-12  # normalized_mse's
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,8 @@ class BldSettings:
         return s
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        """This process's device (cuda:LOCAL_RANK under torchrun)."""
+        return distributed.local_device(self.device)
 
 
 @dataclass
@@ -180,15 +185,26 @@ def run_block(block: nn.ModuleDict, subblock: str, parent_layer: nn.Module, h: T
     return y, h
 
 
+def mse_parts(child_delta: Tensor, parent_delta: Tensor) -> Tensor:
+    """(MSE(parent, child), MSE(parent, 0)): normalized_mse's numerator and denominator.
+
+    Kept apart so ranks can average both over the global batch before dividing: the global
+    loss is mean(num) / (mean(den) + eps), not the mean of per-rank ratios.
+    """
+    num = (parent_delta - child_delta).float().pow(2).mean()
+    return torch.stack([num, parent_delta.detach().float().pow(2).mean()])  # (2,)
+
+
 def layer_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
-                 backward: bool) -> dict[tuple[int, int], float]:
-    """{(job index, layer): loss} for one batch; `backward` accumulates each block's grads."""
+                 backward: bool) -> Tensor:
+    """MSE parts (n_blocks, 2) of one (local) batch, blocks in `block_keys` order; `backward`
+    accumulates each block's gradient of its numerator."""
     model = parent.model
     last = max(i for job in jobs for i in job.blocks)
     with torch.no_grad():
         h = model.embed_tokens(ids.to(model.embed_tokens.weight.device))  # (B, T, C)
         pe, mask = model.rope_and_mask(h)
-    losses = {}
+    parts = {}
     for i in range(last + 1):
         layer = model.layers[i]
         with torch.no_grad():
@@ -199,12 +215,39 @@ def layer_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
                 continue
             with torch.set_grad_enabled(backward):
                 y, start = run_block(job.blocks[i], job.subblock, layer, h, m, pe, mask)
-                loss = normalized_mse(y - start, o - start)
+                nd = mse_parts(y - start, o - start)
             if backward:
-                loss.backward()
-            losses[(j, i)] = float(loss.detach())
+                nd[0].backward()
+            parts[(j, i)] = nd.detach()
         h = o
-    return losses
+    return torch.stack([parts[k] for k in block_keys(jobs)])  # (n_blocks, 2)
+
+
+def block_keys(jobs: Sequence[VariantJob]) -> list[tuple[int, int]]:
+    """(job index, layer) of every block, in the order of losses and clipping groups."""
+    return [(j, i) for j, job in enumerate(jobs) for i in sorted(job.blocks)]
+
+
+def global_parts(parts: Tensor) -> Tensor:
+    """The global batch's MSE parts (n_blocks, 2): the mean of every rank's (equal slices)."""
+    parts = parts.clone()
+    distributed.all_reduce_sum_([parts])
+    return parts / distributed.rank_world()[1]
+
+
+def normalized(parts: Tensor) -> Tensor:
+    """Per-block normalized MSE (n_blocks,) from MSE parts (n_blocks, 2), as normalized_mse."""
+    return parts[:, 0] / (parts[:, 1] + EPS)
+
+
+def _local(ids: Tensor) -> Tensor:
+    """This rank's slice of a global batch (B, T) -> (B / world, T)."""
+    return distributed.rank_slice(ids, *distributed.rank_world(), what="bld.common.batch_size")
+
+
+def _eval_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor) -> list[float]:
+    with torch.no_grad():
+        return normalized(global_parts(layer_losses(parent, jobs, _local(ids), False))).tolist()
 
 
 # ---------------------------------------------------------------- the loop
@@ -228,7 +271,8 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     """Train every block of `jobs` for bld.common.tokens tokens; fill each job's losses.
 
     `checkpoint`: a file to resume from (when its fingerprint matches) and to save to every
-    `settings.checkpoint_every` steps; a resumed run ends bit-identical to an uninterrupted one.
+    `settings.checkpoint_every` steps (by rank 0); a resumed run ends bit-identical to an
+    uninterrupted one. Under torchrun, `batches(step)` and `eval_ids` are global batches.
     """
     from tqdm.auto import tqdm
 
@@ -239,11 +283,12 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     opt = make_optimizer(params, settings.lr, settings.weight_decay, settings.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, steps, settings.warmup_frac))
-    groups = [list(b.parameters()) for job in jobs for b in job.blocks.values()]
+    keys = block_keys(jobs)
+    groups = [list(jobs[j].blocks[i].parameters()) for j, i in keys]
     n_blocks = len(groups)
+    main = distributed.is_main()
 
-    with torch.no_grad():
-        init = layer_losses(parent, jobs, eval_ids, backward=False)
+    init = _eval_losses(parent, jobs, eval_ids)
     start, history, seconds = 0, [], 0.0
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -255,17 +300,24 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
             sched.load_state_dict(state["scheduler"])
             start, history, seconds = state["step"], state["history"], state["seconds"]
 
-    bar = tqdm(total=steps, initial=start, desc="bld", unit="step", disable=not progress)
+    bar = tqdm(total=steps, initial=start, desc="bld", unit="step", disable=not (progress and main))
     t0 = time.perf_counter() - seconds
     for step in range(start, steps):
-        ids = batches(step)
         lr = opt.param_groups[0]["lr"]
-        losses = layer_losses(parent, jobs, ids, backward=True)
-        clip_grad_norms(groups, settings.grad_clip)
+        parts = layer_losses(parent, jobs, _local(batches(step)), backward=True)
+        for params_of_block in groups:  # the gradient of the global batch's mean numerator
+            distributed.average_gradients_(params_of_block)
+        parts = global_parts(parts)
+        for params_of_block, den in zip(groups, (parts[:, 1] + EPS).tolist()):
+            for p in params_of_block:  # d(num / den) = d(num) / den: den is the parent's alone
+                if p.grad is not None:
+                    p.grad.div_(den)
+        losses = normalized(parts)
+        clip_grad_norms(groups, settings.grad_clip)  # per block, after the all-reduce
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        mean = sum(losses.values()) / len(losses)
+        mean = float(losses.mean())
         elapsed = time.perf_counter() - t0
         history.append({"step": step, "loss": mean, "lr": lr, "tokens": (step + 1) * seq_tokens,
                         "elapsed_s": elapsed})
@@ -273,7 +325,8 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
                         tok_s=f"{(step + 1 - start) * seq_tokens / max(elapsed - seconds, 1e-9):.0f}")
         bar.update(1)
         every = settings.checkpoint_every
-        if checkpoint is not None and every and (step + 1) % every == 0 and step + 1 < steps:
+        due = every and (step + 1) % every == 0 and step + 1 < steps
+        if main and checkpoint is not None and due:
             _save_checkpoint(checkpoint, {
                 "fingerprint": fingerprint, "step": step + 1, "history": history,
                 "seconds": elapsed, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -281,11 +334,11 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     bar.close()
     seconds = time.perf_counter() - t0
 
-    with torch.no_grad():
-        final = layer_losses(parent, jobs, eval_ids, backward=False)
-    for j, job in enumerate(jobs):
-        job.init_loss = {i: init[(j, i)] for i in sorted(job.blocks)}
-        job.final_loss = {i: final[(j, i)] for i in sorted(job.blocks)}
+    final = _eval_losses(parent, jobs, eval_ids)
+    for job in jobs:
+        job.init_loss, job.final_loss = {}, {}
+    for (j, i), a, b in zip(keys, init, final):
+        jobs[j].init_loss[i], jobs[j].final_loss[i] = a, b
     return TrainResult(steps=steps, tokens=steps * seq_tokens, seconds=seconds, history=history)
 
 
