@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from puzzle_dsl import layout
+
 FFN_GRID = 256  # Nemotron-NAS readers round 2 * ffn_mult * hidden / 3 up to a multiple of 256
 
 
@@ -75,7 +77,9 @@ def lock_hashes(lock_path: str | Path, solution: str) -> dict[str, dict[str, str
             continue  # another solution's chain
         if name.startswith("export"):
             continue
-        outs = {o["path"]: o.get("md5", "") for o in stage.get("outs", []) or []}
+        # artifacts only: metrics and plots files record timings, not what the child is made of
+        outs = {o["path"]: o.get("md5", "") for o in stage.get("outs", []) or []
+                if not o["path"].startswith((f"{layout.METRICS}/", f"{layout.PLOTS}/"))}
         if outs:
             out[name] = outs
     return out

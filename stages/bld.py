@@ -127,8 +127,10 @@ def _write_outputs(item: str, subblock: str, job, layers: list[int], result) -> 
 
     library = Path(layout.library_dir(item))
     with atomic_dir(library) as tmp:
-        save_file(job.state_dict(), str(tmp / BLOCKS_FILE), metadata={"variant": item,
-                                                                      "subblock": subblock})
+        # one metadata key: safetensors writes several in a per-process order, and the
+        # library's bytes must not depend on the process that wrote it
+        save_file(job.state_dict(), str(tmp / BLOCKS_FILE),
+                  metadata={"variant": f"{subblock}/{item}"})
         pl.DataFrame({"layer": layers, "init_loss": [job.init_loss[i] for i in layers],
                       "final_loss": [job.final_loss[i] for i in layers]},
                      schema={"layer": pl.Int64, "init_loss": pl.Float64,

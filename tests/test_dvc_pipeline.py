@@ -1,58 +1,25 @@
 """Real DVC on the compiled smoke recipe: what must (and must not) rerun after each change.
 
-The `pipeline` tests copy puzzle_dsl/, stages/ and recipes/smoke.py into a fresh git + DVC
-repository, compile the smoke recipe there and run `dvc repro` (a full run first, then one
-change at a time, each undone afterwards from the run cache). They need every stage program.
+The `pipeline` tests share the session's `smoke_pipeline` (conftest: puzzle_dsl/, stages/ and
+recipes/smoke.py copied into a fresh git + DVC repository, compiled and reproduced once, with
+tracking on). Each test makes one change, checks what reran, and undoes it from the run cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
-import re
-import shutil
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SmokePipeline, init_repo
 
-from puzzle_dsl.compiler import PROGRAMS, Pipeline, build_pipeline, compile_recipe
+from puzzle_dsl.compiler import Pipeline, build_pipeline, compile_recipe
 from puzzle_dsl.recipe import FFN, Relative, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-RAN = re.compile(r"Running stage '([^']+)'")
-RESTORED = re.compile(r"Stage '([^']+)' is cached - skipping run")
-
-
-def _env(root: Path) -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(root)  # the copied puzzle_dsl/, so code edits there take effect
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", DVC_NO_ANALYTICS="1",
-               TOKENIZERS_PARALLELISM="false", PUZZLE_TRACKING="0")
-    return env
-
-
-def _sh(root: Path, *cmd: str) -> str:
-    done = subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True,
-                          check=False)
-    if done.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
-    return done.stdout + done.stderr
-
-
-def _new_repo(root: Path) -> None:
-    _sh(root, "git", "init", "-q")
-    _sh(root, "dvc", "init", "-q")
-    _sh(root, "dvc", "config", "core.analytics", "false")
-
-
-def repro(root: Path) -> tuple[set[str], set[str]]:
-    """(stages that ran, stages restored from the run cache) in one `dvc repro`."""
-    out = _sh(root, "dvc", "repro")
-    return set(RAN.findall(out)), set(RESTORED.findall(out))
 
 
 def downstream(pipeline: Pipeline, names: set[str]) -> set[str]:
@@ -74,21 +41,48 @@ def downstream(pipeline: Pipeline, names: set[str]) -> set[str]:
 
 @dataclasses.dataclass
 class Pipe:
-    root: Path
-    recipe: object
-    pipeline: Pipeline
+    smoke: SmokePipeline
+
+    @property
+    def root(self) -> Path:
+        return self.smoke.root
+
+    @property
+    def recipe(self):
+        return self.smoke.recipe
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.smoke.pipeline
 
     def compile(self, recipe) -> Pipeline:
         return compile_recipe(recipe, self.root)
 
+    def repro(self) -> tuple[set[str], set[str]]:
+        """(stages that ran, stages restored from the run cache) in one `dvc repro`.
+
+        Untracked: these tests are about DVC's invalidation; test_smoke_tracking covers MLflow.
+        """
+        done = self.smoke.repro(track=False)
+        return done.ran, done.restored
+
     def restore(self) -> None:
-        """Back to the original recipe (outputs come back from the run cache)."""
+        """Back to the original recipe (outputs come back from the run cache) and commit."""
         self.compile(self.recipe)
-        repro(self.root)
+        self.repro()
+        self.smoke.reset_git()
+
+    @contextlib.contextmanager
+    def changed(self, recipe) -> Iterator[Pipeline]:
+        """`recipe` compiled for the `with` body, the original restored afterwards (always)."""
+        try:
+            yield self.compile(recipe)
+        finally:
+            self.restore()
 
 
 def test_dvc_reads_every_compiled_stage(tmp_path):
-    _new_repo(tmp_path)
+    init_repo(tmp_path)
     pipeline = compile_recipe(load_recipe(REPO / "recipes" / "smoke.py"), tmp_path)
     from dvc.repo import Repo
 
@@ -98,39 +92,25 @@ def test_dvc_reads_every_compiled_stage(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory) -> Pipe:
-    missing = [p for p in PROGRAMS if not (REPO / "stages" / f"{p}.py").is_file()]
-    if missing:
-        pytest.skip(f"stage programs not written yet: {', '.join(missing)}")
-    root = tmp_path_factory.mktemp("pipeline")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "puzzle_dsl", root / "puzzle_dsl", ignore=ignore)
-    shutil.copytree(REPO / "stages", root / "stages", ignore=ignore)
-    (root / "recipes").mkdir()
-    shutil.copy(REPO / "recipes" / "smoke.py", root / "recipes" / "smoke.py")
-    _new_repo(root)
-    recipe = load_recipe(root / "recipes" / "smoke.py")
-    pipeline = compile_recipe(recipe, root)
-    ran, _ = repro(root)
-    assert ran == {s.name for s in pipeline.stages}, "the first repro runs every stage"
-    return Pipe(root, recipe, pipeline)
+def pipe(smoke_pipeline) -> Pipe:
+    """The session's smoke pipeline (built once; every test here leaves it as it found it)."""
+    return Pipe(smoke_pipeline)
 
 
 @pytest.mark.pipeline
 def test_second_repro_runs_no_stage(pipe):
-    assert repro(pipe.root) == (set(), set())
+    assert pipe.repro() == (set(), set())
 
 
 @pytest.mark.pipeline
 def test_changing_bld_lr_reruns_bld_and_downstream_only(pipe):
     recipe = dataclasses.replace(pipe.recipe, bld=dataclasses.replace(pipe.recipe.bld, lr=2e-3))
-    pipe.compile(recipe)
-    ran, _ = repro(pipe.root)
+    with pipe.changed(recipe):
+        ran, _ = pipe.repro()
     bld = {s.name for s in pipe.pipeline.stages if s.program == "bld"}
     assert bld <= ran
     assert ran <= downstream(pipe.pipeline, bld)
     assert not ran & {"parent", "corpus", "calibrate", "runtime", "evaluate-parent"}
-    pipe.restore()
 
 
 @pytest.mark.pipeline
@@ -138,35 +118,33 @@ def test_adding_an_ffn_variant_runs_only_its_stages_then_search_onward(pipe):
     space = pipe.recipe.space
     recipe = dataclasses.replace(pipe.recipe, space=dataclasses.replace(
         space, ffn=space.ffn + (FFN(share=0.25),)))
-    new = pipe.compile(recipe)
-    ran, _ = repro(pipe.root)
+    with pipe.changed(recipe) as new:
+        ran, _ = pipe.repro()
     added = {"bld-ffn_i32", "score-ffn_i32"}
     assert added <= ran
     # runtime tracks the whole space (it measures every variant), then search and after
     assert ran <= added | {"runtime"} | downstream(new, {"search"})
     assert not ran & {s.name for s in pipe.pipeline.stages if s.program in ("bld", "score")}
     assert not ran & {"parent", "corpus", "calibrate", "evaluate-parent"}
-    pipe.restore()
 
 
 @pytest.mark.pipeline
 def test_changing_only_the_throughput_target_reruns_search_onward(pipe):
     recipe = dataclasses.replace(pipe.recipe, search=dataclasses.replace(
         pipe.recipe.search, throughput=Relative(1.1)))
-    pipe.compile(recipe)
-    ran, _ = repro(pipe.root)
+    with pipe.changed(recipe):
+        ran, _ = pipe.repro()
     assert "search" in ran
     assert ran <= downstream(pipe.pipeline, {"search"})
-    pipe.restore()
 
 
 @pytest.mark.pipeline
 def test_reverting_a_change_restores_from_the_run_cache_without_running(pipe):
     recipe = dataclasses.replace(pipe.recipe, bld=dataclasses.replace(pipe.recipe.bld, lr=3e-3))
-    pipe.compile(recipe)
-    repro(pipe.root)
-    pipe.compile(pipe.recipe)
-    ran, restored = repro(pipe.root)
+    with pipe.changed(recipe):
+        pipe.repro()
+        pipe.compile(pipe.recipe)
+        ran, restored = pipe.repro()
     assert ran == set()
     assert {s.name for s in pipe.pipeline.stages if s.program == "bld"} <= restored
 
@@ -178,13 +156,13 @@ def test_editing_a_stage_program_reruns_that_stage_and_downstream_only(pipe):
     program.write_text(original + "\n# an edit that changes no behaviour\n")
     try:
         pipe.compile(pipe.recipe)
-        ran, _ = repro(pipe.root)
-        score = {s.name for s in pipe.pipeline.stages if s.program == "score"}
-        assert score <= ran
-        assert ran <= downstream(pipe.pipeline, score)
+        ran, _ = pipe.repro()
     finally:
         program.write_text(original)
-    pipe.restore()
+        pipe.restore()
+    score = {s.name for s in pipe.pipeline.stages if s.program == "score"}
+    assert score <= ran
+    assert ran <= downstream(pipe.pipeline, score)
 
 
 @pytest.mark.pipeline

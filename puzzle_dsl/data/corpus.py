@@ -289,13 +289,24 @@ def write_corpus(out_dir: str | Path, splits: dict[str, np.ndarray], stats: dict
     for split, rows in splits.items():
         np.save(tmp / f"{split}.npy", np.ascontiguousarray(rows, dtype=np.int32))
         stats["splits"][split]["sha256"] = sha256_file(tmp / f"{split}.npy")
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    # wall-clock figures go only to the metrics file (corpus_metrics): stats.json is part of
+    # the corpus output every later stage depends on, so its bytes must follow from the inputs
+    (tmp / "stats.json").write_text(json.dumps(_without_timings(stats), indent=2,
+                                               sort_keys=True) + "\n")
     old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
     if out_dir.exists():
         out_dir.rename(old)
     tmp.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return stats
+
+
+def _without_timings(stats: dict) -> dict:
+    """`stats` minus each generated source's `seconds` and `tokens_per_s`."""
+    sources = [{**src, "generation": {k: v for k, v in src["generation"].items()
+                                      if k not in ("seconds", "tokens_per_s")}}
+               if "generation" in src else src for src in stats.get("sources", [])]
+    return {**stats, "sources": sources}
 
 
 def load_stats(corpus_dir: str | Path) -> dict:

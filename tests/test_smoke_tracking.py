@@ -1,0 +1,70 @@
+"""MLflow tracking of the real smoke `dvc repro` (SQLite store): runs, nesting and lineage.
+
+Reads the session's `smoke_pipeline` build; only runs logged by its first full repro (started
+before it ended) are counted, because other tests rerun stages on purpose.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.pipeline
+
+
+@pytest.fixture(scope="module")
+def store(smoke_pipeline):
+    """(MlflowClient, experiment id) of the smoke pipeline's tracking store."""
+    from mlflow.tracking import MlflowClient
+
+    from puzzle_dsl.tracking import EXPERIMENT
+
+    client = MlflowClient(smoke_pipeline.tracking_uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp is not None, f"no experiment {EXPERIMENT!r} in {smoke_pipeline.tracking_uri}"
+    return client, exp.experiment_id
+
+
+def _runs(store, where: str = "") -> list:
+    client, exp_id = store
+    return client.search_runs([exp_id], where, max_results=5000)
+
+
+def _first_repro_runs(store, smoke_pipeline) -> list:
+    return _runs(store, f"attributes.start_time <= {smoke_pipeline.first_end_ms}")
+
+
+def test_first_repro_logs_one_recipe_run_with_one_nested_run_per_stage(store, smoke_pipeline):
+    runs = _first_repro_runs(store, smoke_pipeline)
+    recipes = [r for r in runs if r.data.tags.get("puzzle.kind") == "recipe"]
+    assert len(recipes) == 1
+    stages = [r for r in runs if r.data.tags.get("puzzle.kind") == "stage"]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in stages} == {recipes[0].info.run_id}
+    names = [r.data.tags["puzzle.stage"] for r in stages]
+    assert sorted(names) == sorted(smoke_pipeline.first.ran)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_lineage_tags_lead_from_a_child_run_back_to_the_parent_stage(store, smoke_pipeline):
+    client, _ = store
+    runs = {r.info.run_id: r for r in _first_repro_runs(store, smoke_pipeline)}
+    children = [r for r in runs.values() if r.data.tags.get("puzzle.child") == "sol0"]
+    assert children, "no run tagged puzzle.child=sol0"
+    seen, frontier = set(), [children[0].info.run_id]
+    while frontier:
+        run_id = frontier.pop()
+        if run_id in seen:
+            continue
+        seen.add(run_id)
+        tags = (runs.get(run_id) or client.get_run(run_id)).data.tags
+        frontier += [p for key, value in tags.items() if key.startswith("puzzle.producer.")
+                     for p in value.split(",")]
+    reached = {runs[r].data.tags.get("puzzle.stage") for r in seen if r in runs}
+    assert "parent" in reached
+    assert {"search", "runtime", "gkd-sol0", "corpus"} <= reached
+
+
+def test_a_second_repro_logs_no_run(store, smoke_pipeline):
+    before = len(_runs(store))
+    done = smoke_pipeline.repro()
+    assert done.ran == set()
+    assert len(_runs(store)) == before
