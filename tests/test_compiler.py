@@ -66,6 +66,10 @@ def test_recompiling_gives_byte_identical_files(tmp_path):
 
 
 def test_committed_root_pipeline_is_the_compiled_default_recipe():
+    # the default recipe evaluates on ../shared/data when it is there (as in development and
+    # CI); the committed files were compiled with it, so without it they legitimately differ
+    if not (REPO.parent / "shared" / "data").is_dir():
+        pytest.skip("../shared/data is absent: the committed files were compiled with it")
     recipe = load_recipe(REPO / "recipes" / "default.py")
     texts = render(build_pipeline(recipe, REPO))
     for name, text in texts.items():
