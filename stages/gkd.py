@@ -11,18 +11,10 @@ resumes from `<gkd dir>.resume.pt` when rerun with the same params.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
-
-def _write_json(path: str, data: dict) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, p)
+from puzzle_dsl.atomic import write_json
 
 
 def main(params: dict, item: str | None) -> None:
@@ -49,6 +41,6 @@ def main(params: dict, item: str | None) -> None:
     if distributed.is_main():
         save_child(child.to("cpu"), tokenizer, layout.gkd_dir(item))
         write_plot(layout.gkd_plot(item), log)
-        _write_json(layout.gkd_metrics(item), summary(log, seconds))
+        write_json(layout.gkd_metrics(item), summary(log, seconds))
         resume.unlink(missing_ok=True)
     distributed.barrier()
