@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TINY_SHAPE = dict(
-    vocab_size=512,
-    hidden_size=48,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=6,
-    num_key_value_heads=3,
-    max_position_embeddings=512,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-)
+TINY_SHAPE = {
+    "vocab_size": 512,
+    "hidden_size": 48,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 512,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+}
 
 _TEXT = """
 The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.
