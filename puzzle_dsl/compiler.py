@@ -27,6 +27,7 @@ from puzzle_dsl.recipe import (
     FFN,
     GQA,
     Absolute,
+    DepthPruning,
     DropLayers,
     Fixed,
     HFDataset,
@@ -53,8 +54,8 @@ from puzzle_dsl.space import ParentShape, is_parent_variant, needs_training, par
 FFN_MULTIPLE = 64
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 HEADER = "# Compiled from recipe {name!r} by `puzzle-dsl compile`: edit the recipe, not this file.\n"
-PROGRAMS = ("parent", "corpus", "calibrate", "bld", "score", "runtime", "search", "assemble",
-            "gkd", "evaluate", "export")
+PROGRAMS = ("parent", "corpus", "calibrate", "bld", "score", "influence", "runtime", "search",
+            "assemble", "gkd", "evaluate", "export", "report")
 
 
 class CompileError(RecipeError):
@@ -284,6 +285,31 @@ def resolve_fixed(recipe: Recipe, shape: ParentShape, space: dict) -> list[dict]
              "ffn": _find(space, "ffn", f, shape, i, fixed)} for i, (a, f) in enumerate(pairs)]
 
 
+def resolve_baselines(recipe: Recipe, shape: ParentShape, space: dict) -> list[dict]:
+    """params.yaml `search.baselines`: each baseline with the variant names it may use.
+
+    uniform_width: `candidates` [[attention, ffn], ...] (GQA x SwiGLU pairs; a layer a pair
+    may not use keeps the parent's); depth_pruning: the no-op pair that replaces a layer.
+    Either keeps `parent` (the parent's own variants) wherever it does not change a layer.
+    """
+    out = []
+    for b in recipe.search.baselines:
+        parent = {sub: _find(space, sub, None, shape, 0, b) for sub in ("attention", "ffn")}
+        entry = {"name": sanitize(b.name), "parent": parent}
+        if isinstance(b, DepthPruning):
+            noop = {sub: next((k for k, v in sorted(space[sub].items()) if v["kind"] == "no_op"),
+                              None) for sub in ("attention", "ffn")}
+            if None in noop.values():
+                _fail(b, "depth pruning removes whole layers: add NoOpAttention() and NoOpFFN() "
+                         "to the SearchSpace")
+            out.append({**entry, "kind": "depth_pruning", "drop": noop})
+        else:
+            pairs = [[a, f] for a, sa in sorted(space["attention"].items()) if sa["kind"] == "gqa"
+                     for f, sf in sorted(space["ffn"].items()) if sf["kind"] == "swiglu"]
+            out.append({**entry, "kind": "uniform_width", "candidates": pairs})
+    return out
+
+
 # ---------------------------------------------------------------------------- budgets
 def _subblock_params(sub: str, spec: dict, shape: ParentShape) -> int:
     h, kind = shape.hidden_size, spec["kind"]
@@ -406,7 +432,8 @@ def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
                    "diversity_alpha": r.search.diversity_alpha,
                    "pareto_points": r.search.pareto_points,
                    "time_limit_s": r.search.time_limit_s,
-                   "fixed": resolve_fixed(r, shape, space)},
+                   "fixed": resolve_fixed(r, shape, space),
+                   "baselines": resolve_baselines(r, shape, space)},
         "gkd": {k: getattr(r.gkd, k) for k in ("tokens", "batch_size", "grad_accum", "lr",
                                                "warmup_frac", "weight_decay", "grad_clip",
                                                "cosine_weight", "kl_weight", "lm_loss_weight",
@@ -416,6 +443,9 @@ def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
                      "benchmark": {k: getattr(r.evaluation.benchmark, k)
                                    for k in ("batch_size", "prefill_len", "decode_len",
                                              "repeats")}},
+        "report": {"children": [layout.solution_name(k) for k in range(
+            1 if r.search.fixed else r.search.num_solutions)] + [sanitize(b.name)
+                                                                 for b in r.search.baselines]},
         "export": {"register_name": sanitize(r.register_name or f"puzzle-{name}")},
     }
 
@@ -465,20 +495,25 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
             stages.append(Stage("score", v, f"replace-1-block scores of {sub} variant {v}",
                                 ["score.common", f"space.{sub}.{v}"], deps,
                                 [layout.scores_file(v)], [layout.score_metrics(v)]))
+    baselines = params["search"].get("baselines") or []
+    influence = []
+    if any(b["kind"] == "depth_pruning" for b in baselines):
+        influence = [layout.INFLUENCE_FILE]
+        stages.append(Stage("influence", None, "block influence of every parent layer (ShortGPT)",
+                            [], [P, C], influence))
     stages += [
         Stage("runtime", None, "measure every block's latency and memory", ["runtime", "space"],
               [P], [layout.RUNTIME_DIR], [layout.RUNTIME_METRICS]),
         Stage("search", None, "MIP: choose the children", ["search", "space"],
-              [*scores, layout.RUNTIME_DIR], [layout.SEARCH_DIR], [layout.SEARCH_METRICS],
-              [layout.SEARCH_PLOT]),
+              [*scores, layout.RUNTIME_DIR, *influence], [layout.SEARCH_DIR],
+              [layout.SEARCH_METRICS], [layout.SEARCH_PLOT]),
         Stage("evaluate", "parent", "evaluate the parent", ["evaluate"],
               [P, C, *ext["evaluate"]], [], [layout.PARENT_EVAL_METRICS]),
     ]
     libraries = [layout.library_dir(v) for v in trained]
-    n_solutions = 1 if params["search"]["fixed"] else params["search"]["num_solutions"]
     name = params["recipe"]["name"]
-    for k in range(n_solutions):
-        sol = layout.solution_name(k)
+    children = params["report"]["children"]  # the solutions, then the baselines
+    for sol in children:
         assembled, gkd = layout.assembled_dir(sol), layout.gkd_dir(sol)
         stages += [
             Stage("assemble", sol, f"assemble child {sol} from the library", [],
@@ -491,6 +526,10 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
                   [gkd, layout.SEARCH_DIR, layout.eval_metrics(sol), layout.PARENT_EVAL_METRICS],
                   [layout.export_dir(name, sol)]),
         ]
+    stages.append(Stage("report", None, "the results table of the parent and every child",
+                        ["report"], [layout.PARENT_EVAL_METRICS, layout.SEARCH_METRICS,
+                                     *(layout.eval_metrics(c) for c in children)],
+                        [layout.RESULTS_TABLE], [layout.RESULTS_METRICS]))
     return stages
 
 
@@ -650,14 +689,31 @@ def _dvc_entry(stage: Stage, code: list[str]) -> dict:
     return entry
 
 
+def plot_definitions(pipeline: Pipeline) -> list:
+    """dvc.yaml top-level `plots` (`dvc plots show`): the Pareto sweep, BLD and GKD loss
+    curves, and the per-layer architecture image of every child."""
+    def curves(program: str) -> dict:
+        return {p: "loss" for s in pipeline.stages if s.program == program for p in s.plots}
+
+    out = [{"pareto": {"template": "scatter", "x": "speedup", "y": {layout.SEARCH_PLOT: "score"},
+                       "title": "Pareto: best score per throughput target",
+                       "x_label": "predicted speedup", "y_label": "score (sum of block scores)"}}]
+    for program, title in (("bld", "BLD loss per variant"), ("gkd", "GKD loss per child")):
+        if curves(program):
+            out.append({f"{program}_loss": {"x": "step", "y": curves(program), "title": title}})
+    out += [f"{layout.SEARCH_DIR}/architecture_{c}.png"
+            for c in pipeline.params["report"]["children"]]
+    return out
+
+
 def render(pipeline: Pipeline) -> dict[str, str]:
     """{"dvc.yaml": text, "params.yaml": text} for a pipeline."""
     code = {p: code_deps(p, pipeline.code_root) for p in sorted({s.program
                                                                  for s in pipeline.stages})}
     stages = {s.name: _dvc_entry(s, code[s.program]) for s in pipeline.stages}
     header = HEADER.format(name=pipeline.params["recipe"]["name"])
-    dvc = header + yaml.safe_dump({"stages": stages}, sort_keys=True, default_flow_style=False,
-                                  width=100)
+    dvc = header + yaml.safe_dump({"stages": stages, "plots": plot_definitions(pipeline)},
+                                  sort_keys=True, default_flow_style=False, width=100)
     params = header + yaml.safe_dump(pipeline.params, sort_keys=True, default_flow_style=None,
                                      width=100)
     return {"dvc.yaml": dvc, "params.yaml": params}

@@ -19,6 +19,9 @@ CORPUS_METRICS = f"{METRICS}/corpus.json"
 # FFN channel contributions (PUZZLE.md section 2), computed once, reused by every FFN variant
 CALIBRATION_FILE = f"{ARTIFACTS}/calibration/channel_contributions.safetensors"
 
+# ShortGPT block influence of every parent layer (depth-pruning baseline): {"layers": [BI, ...]}
+INFLUENCE_FILE = f"{ARTIFACTS}/influence/block_influence.json"
+
 # runtime table of every block shape + the parent end to end
 RUNTIME_DIR = f"{ARTIFACTS}/runtime"
 RUNTIME_METRICS = f"{METRICS}/runtime.json"
@@ -28,6 +31,10 @@ SEARCH_METRICS = f"{METRICS}/search.json"
 SEARCH_PLOT = f"{PLOTS}/search/pareto.csv"
 
 PARENT_EVAL_METRICS = f"{METRICS}/eval/parent.json"
+
+# the results table of the parent and every child
+RESULTS_METRICS = f"{METRICS}/results.json"
+RESULTS_TABLE = f"{ARTIFACTS}/report/results.md"
 
 
 def library_dir(variant: str) -> str:

@@ -639,11 +639,40 @@ class DropLayers(Node):
 
 
 @dsl
+class UniformWidth(Node):
+    """Baseline: uniform width pruning. Every layer the space lets change takes the same GQA and
+    the same SwiGLU FFN variant; of the pairs meeting the search constraints the one with the
+    best objective wins (else the fastest, flagged). Built and distilled like a solution."""
+
+    name: str = "uniform"
+
+    def _check(self) -> None:
+        self._str("name")
+
+
+@dsl
+class DepthPruning(Node):
+    """Baseline: depth pruning (ShortGPT). Whole layers become no-op, least block influence
+    (1 - cos(layer input, layer output) on the score split) first, until the search
+    constraints hold. Needs NoOpAttention() and NoOpFFN() in the space."""
+
+    name: str = "depth"
+
+    def _check(self) -> None:
+        self._str("name")
+
+
+BASELINES = (UniformWidth, DepthPruning)
+
+
+@dsl
 class Search(Node):
     """The MIP (PUZZLE.md section 5): objective, constraints, diverse solutions.
 
     objective None follows the scoring metric (kl -> kl, lm_loss -> lm_loss, lm_eval ->
-    accuracy). `fixed` (Fixed / Uniform / DropLayers) skips the MIP: a baseline.
+    accuracy). `fixed` (Fixed / Uniform / DropLayers) skips the MIP: a given architecture.
+    `baselines` (UniformWidth / DepthPruning) are chosen under the same constraints and go
+    through assembly, GKD and evaluation next to the solutions, for a like-for-like comparison.
     """
 
     objective: str | None = None
@@ -656,6 +685,7 @@ class Search(Node):
     pareto_points: int = 10
     time_limit_s: float = 60
     fixed: Fixed | Uniform | DropLayers | None = None
+    baselines: tuple = ()
 
     def _check(self) -> None:
         if self.objective is not None:
@@ -674,6 +704,16 @@ class Search(Node):
                 self.fail("fixed must be Fixed(...), Uniform(...), DropLayers(...) or None")
             if self.num_solutions != 1:
                 self.fail("a fixed architecture is exactly one solution: set num_solutions=1")
+        self._items("baselines", BASELINES, "UniformWidth() or DepthPruning()")
+        names = [sanitize(b.name) for b in self.baselines]
+        for name in names:
+            if names.count(name) > 1:
+                self.fail(f"two baselines are named {name!r}: give one another name=")
+            if re.fullmatch(r"sol\d+|parent", name):
+                self.fail(f"baseline name {name!r} is taken by a solution or the parent: "
+                          "choose another name=")
+        if self.baselines and self.fixed is not None:
+            self.fail("baselines need the search: drop fixed= or the baselines")
 
 
 # ---------------------------------------------------------------------------- GKD / evaluation

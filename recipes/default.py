@@ -13,6 +13,7 @@ from puzzle_dsl.recipe import (
     GQA,
     Benchmark,
     Corpus,
+    DepthPruning,
     Evaluation,
     Generated,
     LinearAttention,
@@ -27,11 +28,15 @@ from puzzle_dsl.recipe import (
     Search,
     SearchSpace,
     Task,
+    UniformWidth,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # public dev data, when present
 TASKS = [Task(name, path=str(DATA / file)) for name, file in [
     ("arc_easy", "arc/ARC-Easy-Dev.jsonl"),
+    ("arc_challenge", "arc/ARC-Challenge-Dev.jsonl"),
+    ("openbookqa", "openbookqa/openbookqa_test.jsonl"),
+    ("boolq", "boolq/boolq_dev.jsonl"),
     ("copa", "copa/copa.jsonl"),
 ] if (DATA / file).is_file()]
 
@@ -54,8 +59,10 @@ recipe = Recipe(
     scoring=Scoring(metric="kl", tokens=1_024, batch_size=4),
     scenario=Scenario(device="cpu", dtype="float32", batch_sizes=[16], prefill_len=128,
                       decode_len=128),
-    search=Search(throughput=Relative(2.0), num_solutions=3, diversity_alpha=0.8),
-    gkd=GKD(tokens=16_384, batch_size=4, lr=1e-4),
-    evaluation=Evaluation(tasks=TASKS, limit=50, batch_size=8,
-                          benchmark=Benchmark(batch_size=16, prefill_len=128, decode_len=128)),
+    search=Search(throughput=Relative(2.1), num_solutions=3, diversity_alpha=0.8,
+                  baselines=[UniformWidth(), DepthPruning()]),
+    gkd=GKD(tokens=16_384, batch_size=4, lr=4e-4),
+    evaluation=Evaluation(tasks=TASKS, limit=100, batch_size=16,
+                          benchmark=Benchmark(batch_size=16, prefill_len=128, decode_len=128,
+                                              repeats=3)),
 )

@@ -1,8 +1,8 @@
 """evaluate-parent / evaluate-solK: held-out KL and perplexity, lm-eval tasks, measured speedup.
 
-The parent and every child are evaluated the same way. For solK both the assembled child
-(before GKD) and the distilled one (after) are scored; the distilled child's generation is
-timed against the parent's in the same process.
+The parent and every child are evaluated the same way. For a child both the assembled model
+(before GKD: KL and perplexity) and the distilled one (after: also the tasks) are scored; the
+distilled child's generation is timed against the parent's in the same process, interleaved.
 """
 
 from __future__ import annotations
@@ -40,10 +40,13 @@ def main(params: dict, item: str | None) -> None:
         models["gkd"] = load_child(layout.gkd_dir(item))[0].to(device)
     valid = np.load(Path(layout.CORPUS_DIR) / "valid.npy", mmap_mode="r")
     text = text_metrics(models, parent, valid, batch_size=ev.get("batch_size", 8))
+    # tasks for the model this stage is about; the assembled child gets KL / perplexity only
+    tasked = "parent" if item == "parent" else "gkd"
     results = {name: {**text[name], **model_facts(m),
-                      "tasks": task_scores(m, tokenizer, ev.get("tasks") or [],
-                                           limit=ev.get("limit"),
-                                           batch_size=ev.get("batch_size", 8))}
+                      **({"tasks": task_scores(m, tokenizer, ev.get("tasks") or [],
+                                               limit=ev.get("limit"),
+                                               batch_size=ev.get("batch_size", 8))}
+                         if name == tasked else {})}
                for name, m in models.items() if name != "parent" or item == "parent"}
     timed = {"parent": parent} if item == "parent" else {"parent": parent, "child": models["gkd"]}
     bench = generation_benchmark(timed, **bench_cfg)

@@ -3,7 +3,9 @@
 Reads scores/V.parquet for every variant of `space` and artifacts/runtime/; solves for every
 measured batch size and keeps the best; then num_solutions - 1 more diverse ones; then a Pareto
 sweep of throughput targets at the winning batch size. With `search.fixed` the given
-architecture is evaluated instead (a baseline). Writes artifacts/search/ (solutions.json,
+architecture is evaluated instead. Each of `search.baselines` (uniform width; depth pruning by
+artifacts/influence/ block influence) is chosen under the same constraints and listed after
+the solutions under its own name. Writes artifacts/search/ (solutions.json,
 pareto.png, one architecture_solK.png per child), plots/search/pareto.csv, metrics/search.json.
 """
 
@@ -33,7 +35,7 @@ from puzzle_dsl.space import block_piece
 
 DEFAULTS = {"objective": "kl", "throughput": None, "memory_gib": None, "latency_s": None,
             "max_params": None, "num_solutions": 3, "diversity_alpha": 0.8, "pareto_points": 10,
-            "time_limit_s": 60, "fixed": None}
+            "time_limit_s": 60, "fixed": None, "baselines": []}
 
 
 def main(params: dict, item: str | None = None) -> None:
@@ -49,13 +51,16 @@ def main(params: dict, item: str | None = None) -> None:
         solutions = mip_solutions(problem, rt, search)
     for k, sol in enumerate(solutions):
         sol["name"] = layout.solution_name(k)
+    solutions += baseline_solutions(problem, rt, search)
+    for sol in solutions:
         sol["block_configs"] = [{sub: block_piece(sub, space[sub][layer[sub]])
                                  for sub in mip.SUBBLOCKS} for layer in sol["layers"]]
     batch = solutions[0]["predicted"]["batch_size"]
     points = pareto_points(problem, rt, search, batch)
     elapsed = time.perf_counter() - t0
-    scenario = {**{k: search[k] for k in DEFAULTS if k != "fixed"},
-                "fixed": bool(search["fixed"]), "batch_sizes": list(rt.batch_sizes),
+    scenario = {**{k: search[k] for k in DEFAULTS if k not in ("fixed", "baselines")},
+                "fixed": bool(search["fixed"]),
+                "baselines": [b["name"] for b in search["baselines"]], "batch_sizes": list(rt.batch_sizes),
                 "prefill_len": rt.prefill_len, "decode_len": rt.decode_len,
                 "parent_tokens_per_s": {str(b): v for b, v in sorted(rt.parent_tps.items())},
                 "max_shared_layers": mip.max_shared(search["diversity_alpha"], problem.num_layers),
@@ -90,6 +95,10 @@ def check_params(search: Mapping) -> None:
             isinstance(e, Mapping) and set(e) == {"attention", "ffn"} for e in fixed)):
         raise ValueError("search.fixed must be a list with one {attention: NAME, ffn: NAME} "
                          "per layer, or null")
+    for b in search["baselines"]:
+        if not isinstance(b, Mapping) or b.get("kind") not in BASELINE_KINDS or not b.get("name"):
+            raise ValueError(f"search.baselines entry {b!r}: recompile the recipe (each entry "
+                             f"needs name and kind, one of {sorted(BASELINE_KINDS)})")
 
 
 def _positive(name: str, value) -> None:
@@ -167,6 +176,75 @@ def fixed_solution(problem: Problem, rt: Runtime, search: Mapping) -> dict:
     return best
 
 
+BASELINE_KINDS = {"uniform_width", "depth_pruning"}
+
+
+def baseline_solutions(problem: Problem, rt: Runtime, search: Mapping) -> list[dict]:
+    """The baselines of `search.baselines`, under the same constraints as the solutions."""
+    out = []
+    for b in search["baselines"]:
+        if b["kind"] == "uniform_width":
+            sol = uniform_width(problem, rt, search, b)
+        else:
+            influence = json.loads(Path(layout.INFLUENCE_FILE).read_text())["layers"]
+            sol = depth_pruning(problem, rt, search, b, influence)
+        if not sol["constraints_met"]:
+            failed = [k for k, ok in sol["constraints"].items() if not ok]
+            print(f"search: baseline {b['name']} misses {failed} even at its fastest; kept "
+                  "the fastest it can be (constraints_met: false)")
+        out.append({**sol, "name": b["name"], "baseline": b["kind"]})
+    return out
+
+
+def _at_best_batch(problem: Problem, rt: Runtime, search: Mapping, choice: Choice,
+                   kind: str) -> dict:
+    sols = [_solution(problem, rt, search, choice, batch, {"status": kind})
+            for batch in sorted(rt.batch_sizes)]
+    return max(sols, key=lambda s: (s["constraints_met"], s["predicted"]["throughput"]))
+
+
+def _or_parent(problem: Problem, layer: int, pair, parent: Mapping) -> Choice:
+    return tuple(v if v in problem.scores[layer][sub] else parent[sub]
+                 for sub, v in zip(mip.SUBBLOCKS, pair, strict=True))
+
+
+def uniform_width(problem: Problem, rt: Runtime, search: Mapping, spec: Mapping) -> dict:
+    """The same (GQA, FFN) pair at every layer that allows it: of the pairs meeting the
+    constraints the best-scoring one, else the fastest."""
+    sols = [_at_best_batch(problem, rt, search, tuple(
+        _or_parent(problem, i, pair, spec["parent"]) for i in range(problem.num_layers)),
+        "uniform_width") for pair in spec["candidates"]]
+    feasible = [s for s in sols if s["constraints_met"]]
+    if feasible:
+        sign = -1 if problem.maximize else 1
+        return min(feasible, key=lambda s: (sign * s["predicted"]["score"],
+                                            -s["predicted"]["throughput"]))
+    return max(sols, key=lambda s: s["predicted"]["throughput"])
+
+
+def depth_pruning(problem: Problem, rt: Runtime, search: Mapping, spec: Mapping,
+                  influence: list[float]) -> dict:
+    """Whole layers dropped in order of least block influence until the constraints hold."""
+    if len(influence) != problem.num_layers:
+        raise ValueError(f"{layout.INFLUENCE_FILE} has {len(influence)} layers; the space has "
+                         f"{problem.num_layers}: rerun the influence stage")
+    drop = spec["drop"]
+    droppable = [i for i in range(problem.num_layers)
+                 if drop["attention"] in problem.scores[i]["attention"]
+                 and drop["ffn"] in problem.scores[i]["ffn"]]
+    order = sorted(droppable, key=lambda i: influence[i])
+    keep = (spec["parent"]["attention"], spec["parent"]["ffn"])
+    for n in range(len(order) + 1):
+        dropped = set(order[:n])
+        choice = tuple((drop["attention"], drop["ffn"]) if i in dropped
+                       else _or_parent(problem, i, keep, spec["parent"])
+                       for i in range(problem.num_layers))
+        sol = _at_best_batch(problem, rt, search, choice, "depth_pruning")
+        if sol["constraints_met"]:
+            break
+    return {**sol, "dropped_layers": sorted(dropped)}
+
+
 def pareto_points(problem: Problem, rt: Runtime, search: Mapping, batch: int) -> list[dict]:
     """Best score per throughput target, geometrically spaced from the parent's speed up to the
     fastest child's, under the other constraints at `batch`."""
@@ -219,7 +297,8 @@ def write_outputs(scenario: dict, solutions: list[dict], points: list[dict], spa
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     _write_csv(layout.SEARCH_PLOT, points)
-    metrics = {"objective": scenario["objective"], "num_solutions": len(solutions),
+    metrics = {"objective": scenario["objective"],
+               "num_solutions": sum("baseline" not in s for s in solutions),
                "batch_size": batch, "search_s": round(elapsed, 3)}
     for s in solutions:
         p = s["predicted"]

@@ -24,6 +24,7 @@ from puzzle_dsl.recipe import (
     GQA,
     Block,
     Corpus,
+    DepthPruning,
     DropLayers,
     Evaluation,
     Fixed,
@@ -39,6 +40,7 @@ from puzzle_dsl.recipe import (
     Task,
     TextFile,
     Uniform,
+    UniformWidth,
     load_recipe,
 )
 from puzzle_dsl.space import ParentShape
@@ -167,7 +169,7 @@ def test_one_stage_per_variant_and_per_solution_not_per_layer():
     assert len([n for n in names if n.startswith("score-")]) == 6  # parent variants too
     for program in ("assemble", "gkd", "evaluate", "export"):
         assert {f"{program}-sol{k}" for k in range(3)} <= set(names)
-    assert len(names) == 3 + 2 + 6 + 3 + 3 * 4
+    assert len(names) == 3 + 2 + 6 + 3 + 3 * 4 + 1  # + report
 
 
 def test_only_pruned_ffns_depend_on_calibration():
@@ -186,7 +188,8 @@ def test_no_calibration_stage_without_pruned_ffns():
 def test_params_follow_the_design_schema():
     params = build_pipeline(smol()).params
     assert sorted(params) == ["bld", "calibrate", "corpus", "evaluate", "export", "gkd",
-                              "parent", "recipe", "runtime", "score", "search", "space"]
+                              "parent", "recipe", "report", "runtime", "score", "search",
+                              "space"]
     assert params["search"]["throughput"] == {"relative": 2.0}
     assert params["corpus"]["tokens"] == {"train": 2_000_000, "score": 65_536, "valid": 65_536}
     assert params["export"] == {"register_name": "puzzle-t"}
@@ -254,6 +257,37 @@ def test_drop_layers_baseline_makes_whole_layers_no_op():
     fixed = build_pipeline(recipe).params["search"]["fixed"]
     assert fixed[10] == fixed[11] == {"attention": "attn_noop", "ffn": "ffn_noop"}
     assert fixed[12] == {"attention": "attn_kv3", "ffn": "ffn_i1536"}
+
+
+def test_baselines_become_children_beside_the_solutions():
+    recipe = smol(search=Search(num_solutions=2, baselines=[UniformWidth(), DepthPruning()]))
+    pipeline = build_pipeline(recipe)
+    uniform, depth = pipeline.params["search"]["baselines"]
+    assert uniform["kind"] == "uniform_width" and uniform["name"] == "uniform"
+    assert ["attn_kv1", "ffn_i768"] in uniform["candidates"]
+    assert all(a.startswith("attn_kv") for a, _ in uniform["candidates"])  # GQA x SwiGLU only
+    assert depth["drop"] == {"attention": "attn_noop", "ffn": "ffn_noop"}
+    assert depth["parent"] == {"attention": "attn_kv3", "ffn": "ffn_i1536"}
+    names = {s.name for s in pipeline.stages}
+    for child in ("sol0", "sol1", "uniform", "depth"):
+        assert {f"assemble-{child}", f"gkd-{child}", f"evaluate-{child}"} <= names
+    assert pipeline.params["report"]["children"] == ["sol0", "sol1", "uniform", "depth"]
+    search = next(s for s in pipeline.stages if s.name == "search")
+    assert layout.INFLUENCE_FILE in search.deps and "influence" in names
+    report = next(s for s in pipeline.stages if s.name == "report")
+    assert layout.eval_metrics("depth") in report.deps
+
+
+def test_no_influence_stage_without_depth_pruning():
+    pipeline = build_pipeline(smol(search=Search(baselines=[UniformWidth()])))
+    assert "influence" not in {s.name for s in pipeline.stages}
+
+
+def test_depth_pruning_needs_no_op_variants_in_the_space():
+    recipe = smol(space=SearchSpace(attention=[GQA(1)], ffn=[FFN(share=0.5)]),
+                  search=Search(baselines=[DepthPruning()]))
+    with pytest.raises(CompileError, match=r"add NoOpAttention\(\) and NoOpFFN\(\)"):
+        build_pipeline(recipe)
 
 
 def test_fixed_variant_outside_the_space_is_rejected():

@@ -13,6 +13,7 @@ from puzzle_dsl.recipe import (
     FFN,
     GQA,
     Corpus,
+    DepthPruning,
     DropLayers,
     Generated,
     JsonlFile,
@@ -24,6 +25,7 @@ from puzzle_dsl.recipe import (
     Scoring,
     Search,
     SearchSpace,
+    UniformWidth,
     load_recipe,
     sanitize,
 )
@@ -165,6 +167,19 @@ def test_objective_follows_the_scoring_metric_by_default():
 def test_fixed_architecture_must_be_one_solution():
     with pytest.raises(RecipeError, match="num_solutions=1"):
         Search(fixed=DropLayers(layers=[1]))
+
+
+def test_baselines_are_uniform_width_or_depth_pruning_with_distinct_names():
+    search = Search(baselines=[UniformWidth(), DepthPruning()])
+    assert [b.name for b in search.baselines] == ["uniform", "depth"]
+    with pytest.raises(RecipeError, match="not UniformWidth"):
+        Search(baselines=[GQA(1)])
+    with pytest.raises(RecipeError, match="two baselines are named 'depth'"):
+        Search(baselines=[DepthPruning(), DepthPruning()])
+    with pytest.raises(RecipeError, match="taken by a solution"):
+        Search(baselines=[UniformWidth(name="sol1")])
+    with pytest.raises(RecipeError, match="drop fixed= or the baselines"):
+        Search(num_solutions=1, fixed=DropLayers(layers=[1]), baselines=[DepthPruning()])
 
 
 def test_jsonl_takes_field_or_messages_field_not_both():

@@ -252,3 +252,98 @@ def test_architecture_picture_is_drawn_without_the_space(tmp_path):
     layers = [{"attention": "attn_kv1", "ffn": "ffn_noop"}, {"attention": "x", "ffn": "y"}] * 20
     architecture_plot(layers, tmp_path / "arch.png", "child")
     assert (tmp_path / "arch.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------- baselines
+PARENT_PAIR = {"attention": "attn_kv3", "ffn": "ffn_i1536"}
+UNIFORM = {"name": "uniform", "kind": "uniform_width", "parent": PARENT_PAIR,
+           "candidates": [[a, f] for a in ("attn_kv1", "attn_kv3")
+                          for f in ("ffn_i1536", "ffn_i768")]}
+DEPTH = {"name": "depth", "kind": "depth_pruning", "parent": PARENT_PAIR,
+         "drop": {"attention": "attn_noop", "ffn": "ffn_noop"}}
+
+
+def write_influence(root: Path, values: list[float]) -> None:
+    path = root / layout.INFLUENCE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"layers": values, "tokens": 64}))
+
+
+def test_baselines_follow_the_solutions_under_their_own_names(tables, monkeypatch):
+    write_influence(tables, [0.9, 0.1, 0.5, 0.05, 0.3, 0.8])
+    out = run_search(tables, monkeypatch, baselines=[UNIFORM, DEPTH])
+    names = [s["name"] for s in out["solutions"]]
+    assert names == ["sol0", "sol1", "sol2", "uniform", "depth"]
+    by = {s["name"]: s for s in out["solutions"]}
+    assert by["uniform"]["baseline"] == "uniform_width" and "baseline" not in by["sol0"]
+    assert out["scenario"]["baselines"] == ["uniform", "depth"]
+    metrics = json.loads((tables / layout.SEARCH_METRICS).read_text())
+    assert metrics["num_solutions"] == 3 and "depth" in metrics
+    assert (tables / layout.SEARCH_DIR / "architecture_depth.png").is_file()
+
+
+def test_uniform_width_is_the_best_scoring_uniform_pair_meeting_the_target(tables, monkeypatch):
+    out = run_search(tables, monkeypatch, baselines=[UNIFORM], throughput={"relative": 1.3})
+    uniform = next(s for s in out["solutions"] if s["name"] == "uniform")
+    pairs = {(layer["attention"], layer["ffn"]) for layer in uniform["layers"]}
+    assert len(pairs) == 1 and pairs != {("attn_kv3", "ffn_i1536")}
+    assert uniform["constraints_met"]
+    # every other uniform pair either misses the target or scores no better
+    from puzzle_dsl.search_tables import budgets_at, load_problem, load_runtime
+    problem, rt = load_problem(SPACE, "kl"), load_runtime(SPACE, layout.RUNTIME_DIR)
+    target = {"throughput": {"relative": 1.3}, "memory_gib": None, "latency_s": None,
+              "max_params": None}
+    for a, f in UNIFORM["candidates"]:
+        choice = ((a, f),) * L
+        met = any(all(b.holds(choice) for b in budgets_at(rt, target, batch))
+                  for batch in BATCHES)
+        assert not met or problem.score(choice) >= uniform["predicted"]["score"]
+
+
+def test_uniform_width_that_cannot_reach_the_target_is_kept_fastest_and_flagged(
+        tables, monkeypatch, capsys):
+    only_big = {**UNIFORM, "candidates": [["attn_kv3", "ffn_i1536"], ["attn_kv1", "ffn_i1536"]]}
+    out = run_search(tables, monkeypatch, baselines=[only_big])
+    uniform = next(s for s in out["solutions"] if s["name"] == "uniform")
+    assert not uniform["constraints_met"]
+    assert uniform["layers"][0] == {"attention": "attn_kv1", "ffn": "ffn_i1536"}
+    assert "baseline uniform misses ['throughput']" in capsys.readouterr().out
+
+
+def test_depth_pruning_drops_the_least_influential_layers_first(tables, monkeypatch):
+    write_influence(tables, [0.9, 0.1, 0.5, 0.05, 0.3, 0.8])
+    out = run_search(tables, monkeypatch, baselines=[DEPTH])
+    depth = next(s for s in out["solutions"] if s["name"] == "depth")
+    dropped = depth["dropped_layers"]
+    assert depth["constraints_met"] and dropped
+    assert dropped == sorted([3, 1, 4, 2, 5, 0][:len(dropped)])  # ascending influence
+    for i, layer in enumerate(depth["layers"]):
+        assert layer == ({"attention": "attn_noop", "ffn": "ffn_noop"} if i in dropped
+                         else PARENT_PAIR)
+    # one layer fewer would miss the target: the baseline is no slower than it must be
+    assert depth["predicted"]["speedup"] >= 1.5
+
+
+def test_depth_pruning_without_influence_of_every_layer_says_to_rerun(tables, monkeypatch):
+    write_influence(tables, [0.1, 0.2])
+    with pytest.raises(ValueError, match="rerun the influence stage"):
+        run_search(tables, monkeypatch, baselines=[DEPTH])
+
+
+def test_malformed_baseline_params_ask_for_a_recompile(tables, monkeypatch):
+    with pytest.raises(ValueError, match="recompile the recipe"):
+        run_search(tables, monkeypatch, baselines=[{"name": "x", "kind": "magic"}])
+
+
+def test_the_parent_is_predicted_at_its_measured_speed_when_the_residual_is_recorded(tables):
+    rt_dir = tables / layout.RUNTIME_DIR
+    parent = json.loads((rt_dir / "parent.json").read_text())
+    for b, v in parent.items():
+        v["predicted_time_s"] = v["time_s"] / 1.1
+    (rt_dir / "parent.json").write_text(json.dumps(parent))
+    from puzzle_dsl.search_tables import load_problem, load_runtime, predict
+    problem = load_problem(SPACE, "kl", path_of=lambda v: str(tables / layout.scores_file(v)))
+    rt = load_runtime(SPACE, str(rt_dir))
+    for b in BATCHES:
+        pred = predict(rt, problem, (("attn_kv3", "ffn_i1536"),) * L, b)
+        assert pred["speedup"] == pytest.approx(1.0)

@@ -1,0 +1,36 @@
+"""Stage `influence`: ShortGPT block influence of every parent layer, for depth pruning.
+
+Reads artifacts/parent/ and the corpus score split (the text replace-1-block scoring uses);
+writes artifacts/influence/block_influence.json: {"layers": [BI per layer], "tokens": N}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from puzzle_dsl import layout
+from puzzle_dsl.atomic import write_json
+
+
+def main(params: dict, item: str | None) -> None:
+    import torch
+
+    from puzzle_dsl.checkpoint import load_parent
+    from puzzle_dsl.data.corpus import iter_batches
+    from puzzle_dsl.influence import block_influence
+
+    split = Path(layout.CORPUS_DIR, "score.npy")
+    if not split.is_file():
+        raise FileNotFoundError(f"no {split}: run the `corpus` stage first")
+    parent, _ = load_parent(layout.PARENT_DIR, dtype=torch.float32)
+    if torch.cuda.is_available():
+        parent = parent.cuda()
+    tokens = [0]
+
+    def counted(batches):
+        for ids in batches:
+            tokens[0] += ids.numel()
+            yield ids
+
+    bi = block_influence(parent, counted(iter_batches(split, 4)))
+    write_json(layout.INFLUENCE_FILE, {"layers": bi, "tokens": tokens[0]})
