@@ -529,7 +529,8 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
     stages.append(Stage("report", None, "the results table of the parent and every child",
                         ["report"], [layout.PARENT_EVAL_METRICS, layout.SEARCH_METRICS,
                                      *(layout.eval_metrics(c) for c in children)],
-                        [layout.RESULTS_TABLE], [layout.RESULTS_METRICS]))
+                        [layout.RESULTS_TABLE],
+                        [layout.results_metrics(m) for m in ["parent", *children]]))
     return stages
 
 

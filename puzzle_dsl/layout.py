@@ -32,9 +32,13 @@ SEARCH_PLOT = f"{PLOTS}/search/pareto.csv"
 
 PARENT_EVAL_METRICS = f"{METRICS}/eval/parent.json"
 
-# the results table of the parent and every child
-RESULTS_METRICS = f"{METRICS}/results.json"
+# the results table of the parent and every child: one metrics file per model, and Markdown
 RESULTS_TABLE = f"{ARTIFACTS}/report/results.md"
+
+
+def results_metrics(model: str) -> str:
+    """One row of the results table (`dvc metrics show metrics/results`)."""
+    return f"{METRICS}/results/{model}.json"
 
 
 def library_dir(variant: str) -> str:

@@ -50,7 +50,7 @@ def _fmt(value, digits: int = 3) -> str:
         return "–"
     if isinstance(value, int):
         return f"{value / 1e6:.1f}M" if value >= 1_000_000 else f"{value:,}"
-    return f"{value:.{digits}g}" if abs(value) >= 100 else f"{value:.{digits}f}"
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.{digits}f}"
 
 
 def markdown(rows: Mapping[str, Mapping]) -> str:

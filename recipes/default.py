@@ -1,7 +1,9 @@
 """The main job: SmolLM2-135M -> a child with 2x its generation throughput on this CPU.
 
-Token budgets are sized for a full `dvc repro` on 2 CPU cores (parent forward ~280 tokens/s,
-generation ~75 new tokens/s: docs NOTES), not for quality; raise them on faster machines.
+Token budgets are sized for a full `dvc repro` under 45 minutes on 2 idle CPU cores (parent
+forward ~500 tokens/s, sampling ~63 kept tokens/s at batch 32), not for quality; raise them on
+faster machines. The target is 2.1x predicted so that the measured speedup clears 2.0x: the
+runtime model's predictions land within about 5% of the measured speedups here.
 """
 
 from pathlib import Path
@@ -46,8 +48,8 @@ recipe = Recipe(
     corpus=Corpus(
         sources=[Generated(batch_size=32, max_new_tokens=256)],
         seq_len=256,
-        train_tokens=24_576,
-        score_tokens=2_048,
+        train_tokens=16_384,
+        score_tokens=1_024,
         valid_tokens=4_096,
     ),
     space=SearchSpace(
@@ -56,7 +58,7 @@ recipe = Recipe(
         keep_parent_layers=[0, -1],
     ),
     bld=BLD(tokens=16_384, batch_size=4, lr=5e-4, calibration_tokens=8_192),
-    scoring=Scoring(metric="kl", tokens=1_024, batch_size=4),
+    scoring=Scoring(metric="kl", tokens=512, batch_size=4),
     scenario=Scenario(device="cpu", dtype="float32", batch_sizes=[16], prefill_len=128,
                       decode_len=128),
     search=Search(throughput=Relative(2.1), num_solutions=3, diversity_alpha=0.8,

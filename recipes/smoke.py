@@ -2,7 +2,7 @@
 
 Each stage is a process that imports torch and transformers (~4 s of CPU), so the stage count,
 not the budgets, sets the cost: one solution (4 stages per child) keeps the full `dvc repro`
-at 18 stages. The pipeline tests (tests/test_dvc_pipeline.py, test_smoke_*.py) run it for real.
+at 19 stages. The pipeline tests (tests/test_dvc_pipeline.py, test_smoke_*.py) run it for real.
 """
 
 from puzzle_dsl.recipe import (

@@ -1,8 +1,9 @@
 """Stage `report`: the results table of the parent and every child.
 
-Reads metrics/eval/*.json and metrics/search.json; writes metrics/results.json (one entry per
-model: measured and predicted speedup, size, KV bytes per token, KL, perplexity, task
-accuracies, average and retained accuracy) and artifacts/report/results.md (the same table).
+Reads metrics/eval/*.json and metrics/search.json; writes metrics/results/MODEL.json for the
+parent and each child (measured and predicted speedup, size, KV bytes per token, KL,
+perplexity, task accuracies, average and retained accuracy), so `dvc metrics show
+metrics/results` prints the table, and artifacts/report/results.md (the same in Markdown).
 """
 
 from __future__ import annotations
@@ -26,5 +27,6 @@ def main(params: dict, item: str | None) -> None:
     rows = results_table(read(layout.PARENT_EVAL_METRICS),
                          {c: read(layout.eval_metrics(c)) for c in children},
                          read(layout.SEARCH_METRICS))
-    write_json(layout.RESULTS_METRICS, rows)
+    for model, row in rows.items():
+        write_json(layout.results_metrics(model), row)
     write_text(layout.RESULTS_TABLE, markdown(rows))

@@ -305,7 +305,8 @@ def write_outputs(scenario: dict, solutions: list[dict], points: list[dict], spa
         metrics[s["name"]] = {"score": p["score"], "throughput": p["throughput"],
                               "speedup": p["speedup"], "memory_gib": p["memory_bytes"] / GIB,
                               "params": p["params"], "batch_size": p["batch_size"],
-                              "constraints_met": s["constraints_met"]}
+                              "constraints_met": s["constraints_met"],
+                              **({"baseline": s["baseline"]} if "baseline" in s else {})}
     _atomic_text(layout.SEARCH_METRICS, json.dumps(metrics, indent=2) + "\n")
 
 

@@ -8,16 +8,18 @@ tracking on). Each test makes one change, checks what reran, and undoes it from 
 from __future__ import annotations
 
 import contextlib
+import json
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SmokePipeline, init_repo
+from conftest import RAN, SmokePipeline, init_repo, sh
 
 from puzzle_dsl.compiler import Pipeline, build_pipeline, compile_recipe
-from puzzle_dsl.recipe import FFN, Relative, load_recipe
+from puzzle_dsl import layout
+from puzzle_dsl.recipe import FFN, DepthPruning, Relative, UniformWidth, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,6 +138,46 @@ def test_changing_only_the_throughput_target_reruns_search_onward(pipe):
         ran, _ = pipe.repro()
     assert "search" in ran
     assert ran <= downstream(pipe.pipeline, {"search"})
+
+
+@pytest.mark.pipeline
+def test_dvc_exp_run_with_a_set_param_reruns_search_onward(pipe):
+    try:
+        log = sh(pipe.root, "dvc", "exp", "run", "-S", "search.throughput.relative=1.1",
+                 env=pipe.smoke.env(track=False))
+        params = yaml.safe_load((pipe.root / "params.yaml").read_text())
+    finally:
+        pipe.restore()
+    ran = set(RAN.findall(log))
+    assert params["search"]["throughput"] == {"relative": 1.1}
+    assert "search" in ran
+    assert ran <= downstream(pipe.pipeline, {"search"})
+
+
+@pytest.mark.pipeline
+def test_adding_baselines_runs_influence_search_onward_and_only_the_new_children(pipe):
+    recipe = dataclasses.replace(pipe.recipe, search=dataclasses.replace(
+        pipe.recipe.search, baselines=(UniformWidth(), DepthPruning())))
+    with pipe.changed(recipe):
+        ran, _ = pipe.repro()
+        solutions = json.loads((pipe.root / layout.SEARCH_DIR / "solutions.json").read_text())
+        results = {m: json.loads((pipe.root / layout.results_metrics(m)).read_text())
+                   for m in ("parent", "sol0", "uniform", "depth")}
+        table = (pipe.root / layout.RESULTS_TABLE).read_text()
+    children = {f"{p}-{c}" for p in ("assemble", "gkd", "evaluate", "export")
+                for c in ("uniform", "depth")}
+    assert children | {"influence", "search", "report"} <= ran
+    # the solution's own GKD and evaluation are untouched: its architecture did not change
+    assert not ran & {"gkd-sol0", "evaluate-sol0", "runtime", "evaluate-parent"}
+    assert not ran & {s.name for s in pipe.pipeline.stages if s.program in ("bld", "score")}
+    by = {s["name"]: s for s in solutions["solutions"]}
+    assert list(by) == ["sol0", "uniform", "depth"]
+    uniform = {(layer["attention"], layer["ffn"]) for layer in by["uniform"]["layers"][1:]}
+    assert len(uniform) == 1  # layer 0 is kept; every other layer the same pair
+    for i in by["depth"]["dropped_layers"]:
+        assert by["depth"]["layers"][i] == {"attention": "attn_noop", "ffn": "ffn_noop"}
+    assert results["depth"]["kind"] == "depth_pruning" and results["depth"]["speedup"] > 0
+    assert "| uniform | uniform_width |" in table
 
 
 @pytest.mark.pipeline

@@ -335,7 +335,7 @@ def test_malformed_baseline_params_ask_for_a_recompile(tables, monkeypatch):
         run_search(tables, monkeypatch, baselines=[{"name": "x", "kind": "magic"}])
 
 
-def test_the_parent_is_predicted_at_its_measured_speed_when_the_residual_is_recorded(tables):
+def test_the_parent_is_predicted_at_its_measured_speed_and_speedups_keep_their_ratio(tables):
     rt_dir = tables / layout.RUNTIME_DIR
     parent = json.loads((rt_dir / "parent.json").read_text())
     for b, v in parent.items():
@@ -344,6 +344,10 @@ def test_the_parent_is_predicted_at_its_measured_speed_when_the_residual_is_reco
     from puzzle_dsl.search_tables import load_problem, load_runtime, predict
     problem = load_problem(SPACE, "kl", path_of=lambda v: str(tables / layout.scores_file(v)))
     rt = load_runtime(SPACE, str(rt_dir))
+    small = (("attn_kv1", "ffn_i768"),) * L
     for b in BATCHES:
-        pred = predict(rt, problem, (("attn_kv3", "ffn_i1536"),) * L, b)
-        assert pred["speedup"] == pytest.approx(1.0)
+        parent = predict(rt, problem, (("attn_kv3", "ffn_i1536"),) * L, b)
+        assert parent["speedup"] == pytest.approx(1.0)
+        raw_ratio = predicted_time(tables, [("attn_kv3", "ffn_i1536")] * L, b) / \
+            predicted_time(tables, list(small), b)
+        assert predict(rt, problem, small, b)["speedup"] == pytest.approx(raw_ratio)
