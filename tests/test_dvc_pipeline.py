@@ -8,8 +8,8 @@ tracking on). Each test makes one change, checks what reran, and undoes it from 
 from __future__ import annotations
 
 import contextlib
-import json
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +17,8 @@ import pytest
 import yaml
 from conftest import RAN, SmokePipeline, init_repo, sh
 
-from puzzle_dsl.compiler import Pipeline, build_pipeline, compile_recipe
 from puzzle_dsl import layout
+from puzzle_dsl.compiler import Pipeline, build_pipeline, compile_recipe
 from puzzle_dsl.recipe import FFN, DepthPruning, Relative, UniformWidth, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
