@@ -4,7 +4,8 @@ Each stage is reproduced by `dvc --wait-for-lock repro --single-item STAGE` once
 it depends on has finished. DVC releases its repo lock while a stage's command runs and
 takes it again to record the result, so N such processes share one workspace, one cache,
 one `dvc.lock` and the run cache, and end in the state a serial `dvc repro` reaches. The only
-scheduling here is the topological order of the stage graph in `dvc.yaml`.
+scheduling here is the stage graph of `dvc.yaml`: a stage starts once its inputs are made,
+the ones heading the longest remaining chains first.
 """
 
 from __future__ import annotations
@@ -57,6 +58,26 @@ def stage_graph(dvc_yaml: str | Path) -> dict[str, set[str]]:
     return graph
 
 
+def heights(graph: dict[str, set[str]]) -> dict[str, int]:
+    """stage -> stages on the longest chain from it to the end (itself included): the
+    critical-path priority, so the stages everything else waits on start first."""
+    users: dict[str, set[str]] = {name: set() for name in graph}
+    for name, deps in graph.items():
+        for dep in deps:
+            users.setdefault(dep, set()).add(name)
+    memo: dict[str, int] = {}
+
+    def height(name: str, seen: frozenset = frozenset()) -> int:
+        if name not in memo:
+            if name in seen:
+                raise RuntimeError(f"stage {name} depends on itself: a cycle in dvc.yaml; "
+                                   "recompile the recipe")
+            memo[name] = 1 + max((height(u, seen | {name}) for u in users[name]), default=0)
+        return memo[name]
+
+    return {name: height(name) for name in graph}
+
+
 def _repro_one(root: Path, name: str) -> StageResult:
     start = time.perf_counter()
     proc = subprocess.run(
@@ -78,6 +99,7 @@ def parallel_repro(root: str | Path = ".", jobs: int = 2, echo=print) -> list[St
     """
     root = Path(root)
     graph = stage_graph(root / "dvc.yaml")
+    priority = heights(graph)
     waiting = {name: set(deps) for name, deps in graph.items()}
     done: set[str] = set()
     results: list[StageResult] = []
@@ -86,7 +108,8 @@ def parallel_repro(root: str | Path = ".", jobs: int = 2, echo=print) -> list[St
         running: dict[Future, str] = {}
         while waiting or running:
             if not failed:
-                for name in sorted(n for n, deps in waiting.items() if deps <= done):
+                ready = [n for n, deps in waiting.items() if deps <= done]
+                for name in sorted(ready, key=lambda n: (-priority[n], n)):
                     if len(running) >= jobs:
                         break
                     del waiting[name]
