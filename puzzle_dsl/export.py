@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from puzzle_dsl import layout
+from puzzle_dsl.parallel import stage_graph
 
 FFN_GRID = 256  # Nemotron-NAS readers round 2 * ffn_mult * hidden / 3 up to a multiple of 256
 
@@ -65,17 +66,25 @@ def space_of(solution: Mapping) -> dict[str, dict[str, dict]]:
     return space
 
 
-def lock_hashes(lock_path: str | Path, solution: str) -> dict[str, dict[str, str]]:
-    """{stage: {out path: md5}} from dvc.lock for the stages a child depends on ({} if no lock)."""
+def lock_hashes(lock_path: str | Path, solution: str,
+                dvc_yaml: str | Path = "dvc.yaml") -> dict[str, dict[str, str]]:
+    """{stage: {out path: md5}} from dvc.lock for the stages `export-<solution>` depends on,
+    directly or not, per dvc.yaml ({} without a lock). Only those: a card must not change with
+    which unrelated stages happened to finish first."""
     path = Path(lock_path)
-    if not path.exists():
+    if not path.exists() or not Path(dvc_yaml).exists():
         return {}
+    graph = stage_graph(dvc_yaml)
+    upstream, todo = set(), [f"export-{solution}"]
+    while todo:
+        for dep in graph.get(todo.pop(), ()):
+            if dep not in upstream:
+                upstream.add(dep)
+                todo.append(dep)
     stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
     out = {}
     for name, stage in sorted(stages.items()):
-        if "-sol" in name and not name.endswith(f"-{solution}"):
-            continue  # another solution's chain
-        if name.startswith("export"):
+        if name not in upstream:
             continue
         # artifacts only: metrics and plots files record timings, not what the child is made of
         outs = {o["path"]: o.get("md5", "") for o in stage.get("outs", []) or []

@@ -143,14 +143,14 @@ def test_changing_only_the_throughput_target_reruns_search_onward(pipe):
 @pytest.mark.pipeline
 def test_dvc_exp_run_with_a_set_param_reruns_search_onward(pipe):
     try:
-        log = sh(pipe.root, "dvc", "exp", "run", "-S", "search.throughput.relative=1.1",
+        log = sh(pipe.root, "dvc", "exp", "run", "-S", "search.throughput.relative=1.05",
                  env=pipe.smoke.env(track=False))
         params = yaml.safe_load((pipe.root / "params.yaml").read_text())
     finally:
         pipe.restore()
     ran = set(RAN.findall(log))
-    assert params["search"]["throughput"] == {"relative": 1.1}
-    assert "search" in ran
+    assert params["search"]["throughput"] == {"relative": 1.05}
+    assert "search" in ran  # a target no other test uses: nothing to restore from the run cache
     assert ran <= downstream(pipe.pipeline, {"search"})
 
 

@@ -44,6 +44,13 @@ LOCK = {"schema": "2.0", "stages": {
     "gkd-sol1": {"cmd": "puzzle-dsl run-stage gkd sol1",
                  "outs": [{"path": "artifacts/children/sol1/gkd", "md5": "ccc.dir"}]}}}
 
+DVC_YAML = {"stages": {  # what the card's provenance follows: export-sol0's upstream
+    "parent": {"cmd": "x", "outs": ["artifacts/parent"]},
+    "gkd-sol0": {"cmd": "x", "deps": ["artifacts/parent"], "outs": ["artifacts/children/sol0/gkd"]},
+    "gkd-sol1": {"cmd": "x", "deps": ["artifacts/parent"], "outs": ["artifacts/children/sol1/gkd"]},
+    "export-sol0": {"cmd": "x", "deps": ["artifacts/children/sol0/gkd"],
+                    "outs": ["exports/tiny-sol0"]}}}
+
 
 def run_program(name: str, params: dict, item: str) -> None:
     spec = importlib.util.spec_from_file_location(f"stage_{name}", STAGES / f"{name}.py")
@@ -70,6 +77,7 @@ def pipeline(tiny_parent_dir, tmp_path_factory):
     arc = root / "arc.jsonl"
     arc.write_text("".join(json.dumps(ARC | {"id": f"q{i}"}) + "\n" for i in range(3)))
     (root / "dvc.lock").write_text(yaml.safe_dump(LOCK))
+    (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML))
     params = json.loads(json.dumps(PARAMS))
     params["evaluate"]["tasks"] = [{"name": "arc_easy", "path": str(arc)}]
     cwd, threads = os.getcwd(), torch.get_num_threads()
@@ -153,3 +161,25 @@ def test_exported_child_loads_and_generates_without_puzzle_dsl(pipeline, tmp_pat
     with torch.no_grad():
         want = model(torch.tensor([got["ids"]])).logits[0, -1]
     torch.testing.assert_close(torch.tensor(got["last"]), want, rtol=1e-5, atol=1e-5)
+
+
+def test_card_lock_hashes_cover_exactly_the_stages_the_child_depends_on(tmp_path):
+    from puzzle_dsl.export import lock_hashes
+
+    def stage(deps, outs):
+        return {"cmd": "x", "deps": deps, "outs": outs}
+
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "parent": stage([], ["artifacts/parent"]),
+        "gkd-sol0": stage(["artifacts/parent"], ["artifacts/children/sol0/gkd"]),
+        "gkd-depth": stage(["artifacts/parent"], ["artifacts/children/depth/gkd"]),
+        "export-sol0": stage(["artifacts/children/sol0/gkd"], ["exports/x-sol0"]),
+        "report": stage(["artifacts/children/sol0/gkd"], ["artifacts/report/results.md"]),
+    }}))
+    lock = {"stages": {name: {"outs": [{"path": p, "md5": name}]} for name, p in [
+        ("parent", "artifacts/parent"), ("gkd-sol0", "artifacts/children/sol0/gkd"),
+        ("gkd-depth", "artifacts/children/depth/gkd"), ("report", "artifacts/report/results.md"),
+    ]}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    hashes = lock_hashes(tmp_path / "dvc.lock", "sol0", tmp_path / "dvc.yaml")
+    assert set(hashes) == {"parent", "gkd-sol0"}  # not a sibling child, not a later report

@@ -93,7 +93,7 @@ def test_every_export_loads_in_plain_transformers_and_generates(smoke_pipeline):
 
 
 def test_report_the_initial_full_repro_time(smoke_pipeline, capsys):
-    """Not a pass/fail check (machines differ): prints the cost of the first full `dvc repro`.
+    """Not a pass/fail check (machines differ): prints the cost of the first full build.
 
     The target is under 2 minutes on an idle 2-core machine; CPU time (all processes of the
     repro) estimates that on a busy one.
@@ -101,7 +101,7 @@ def test_report_the_initial_full_repro_time(smoke_pipeline, capsys):
     first = smoke_pipeline.first
     slowest = sorted(first.stage_s.items(), key=lambda kv: -kv[1])
     with capsys.disabled():
-        print(f"\nsmoke dvc repro: {len(first.ran)} stages, wall {first.wall_s:.1f} s, "
-              f"CPU {first.cpu_s:.1f} s; per stage (s): "
+        print(f"\nsmoke build (puzzle-dsl repro -j 2): {len(first.ran)} stages, wall "
+              f"{first.wall_s:.1f} s, CPU {first.cpu_s:.1f} s; per stage (s): "
               + ", ".join(f"{n} {t:.1f}" for n, t in slowest))
     assert set(first.stage_s) == first.ran
