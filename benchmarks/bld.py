@@ -22,8 +22,8 @@ import torch
 from puzzle_dsl.bld.calibrate import calibrate, contribution_key
 from puzzle_dsl.bld.loss import normalized_mse
 from puzzle_dsl.bld.train import BldSettings, TrainBatches, VariantJob, make_block, run_block, train
-from puzzle_dsl.checkpoint import load_parent
-from puzzle_dsl.optim import clip_grad_norms, make_optimizer
+from puzzle_dsl.model.checkpoint import load_parent
+from puzzle_dsl.train.optim import clip_grad_norms, make_optimizer
 
 VARIANTS = {
     "attn_kv1": ("attention", {"kind": "gqa", "n_heads_in_group": 9}),

@@ -16,8 +16,8 @@ import argparse
 import random
 import time
 
-from puzzle_dsl import mip
-from puzzle_dsl.mip import Budget, Problem
+from puzzle_dsl.search import mip
+from puzzle_dsl.search.mip import Budget, Problem
 
 L, HIDDEN, HEADS, HEAD_DIM, FFN_PARENT, VOCAB = 80, 8192, 64, 128, 28672, 128256
 BATCH, PREFILL, DECODE, BYTES = 64, 128, 1024, 2  # bf16

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from puzzle_dsl import layout
-from puzzle_dsl.checkpoint import load_child, load_parent
-from puzzle_dsl.evaluate import generation_benchmark
-from puzzle_dsl.search_tables import load_problem, load_runtime, predict
+from puzzle_dsl.evaluate.measures import generation_benchmark
+from puzzle_dsl.model.checkpoint import load_child, load_parent
+from puzzle_dsl.pipeline import layout
+from puzzle_dsl.search.constraints import load_problem, load_runtime, predict
 
 
 def unscaled_runtime(space: dict, scenario: dict):

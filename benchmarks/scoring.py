@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from puzzle_dsl.checkpoint import load_parent
-from puzzle_dsl.library import load_block
-from puzzle_dsl.scoring import score_blocks, score_blocks_naive
+from puzzle_dsl.model.checkpoint import load_parent
+from puzzle_dsl.model.library import load_block
+from puzzle_dsl.score.replace_one_block import score_blocks, score_blocks_naive
 
 
 def parent_initialised_library(model, width: int) -> dict[str, torch.Tensor]:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import click
 
-from puzzle_dsl.recipe import RecipeError
+from puzzle_dsl.dsl.recipe import RecipeError
 
 
 def _load(recipe_file: str):
-    from puzzle_dsl.recipe import load_recipe
+    from puzzle_dsl.dsl.recipe import load_recipe
 
     return load_recipe(recipe_file)
 
@@ -41,7 +41,7 @@ def main() -> None:
               "params.yaml into (it needs stages/ and puzzle_dsl/ to run).")
 def compile_cmd(recipe_file: str, out_dir: str) -> None:
     """Compile RECIPE_FILE into dvc.yaml + params.yaml (nothing is written on error)."""
-    from puzzle_dsl.compiler import compile_recipe
+    from puzzle_dsl.compiler.build import compile_recipe
 
     t0 = time.perf_counter()
     try:
@@ -57,7 +57,7 @@ def compile_cmd(recipe_file: str, out_dir: str) -> None:
 @click.argument("recipe_file", type=click.Path(dir_okay=False))
 def validate(recipe_file: str) -> None:
     """Check RECIPE_FILE completely (as compile does) without writing anything."""
-    from puzzle_dsl.compiler import build_pipeline
+    from puzzle_dsl.compiler.build import build_pipeline
 
     try:
         pipeline = build_pipeline(_load(recipe_file), ".")
@@ -87,8 +87,8 @@ def _show_value(value) -> str:
 @click.option("--code/--no-code", default=False, help="Also list each stage's code deps.")
 def show(recipe_file: str, code: bool) -> None:
     """Print the stage graph of RECIPE_FILE in run order, with each stage's params."""
-    from puzzle_dsl.compiler import build_pipeline, code_deps
-    from puzzle_dsl.run_stage import select_params
+    from puzzle_dsl.compiler.build import build_pipeline, code_deps
+    from puzzle_dsl.pipeline.run_stage import select_params
 
     try:
         pipeline = build_pipeline(_load(recipe_file), ".")
@@ -119,7 +119,7 @@ def show(recipe_file: str, code: bool) -> None:
               help="Pipeline root (the folder of dvc.yaml).")
 def run_stage_cmd(name: str, item: str | None, root: str) -> None:
     """Run stage NAME [ITEM] of dvc.yaml (what `dvc repro` calls; also runs by hand)."""
-    from puzzle_dsl.run_stage import StageError, run_stage
+    from puzzle_dsl.pipeline.run_stage import StageError, run_stage
 
     try:
         run_stage(name, item, root)
@@ -137,7 +137,7 @@ def repro(jobs: int, root: str) -> None:
 
     Ends in the state a serial `dvc repro` reaches: same dvc.lock, outputs in the cache.
     """
-    from puzzle_dsl.parallel import parallel_repro
+    from puzzle_dsl.pipeline.repro import parallel_repro
 
     results = parallel_repro(root, jobs=jobs, echo=click.echo)
     if any(r.returncode for r in results):
@@ -152,7 +152,7 @@ def repro(jobs: int, root: str) -> None:
 @click.option("--trust-remote-code", is_flag=True, help="Allow the parent's own model code.")
 def import_parent_cmd(source: str, out: str, dtype: str, trust_remote_code: bool) -> None:
     """Import parent SOURCE (gguf:default, gguf:/p.gguf, dir:/p, hub:org/name, tiny:N) to OUT."""
-    from puzzle_dsl.parent import import_parent
+    from puzzle_dsl.model.parent import import_parent
 
     try:
         path = import_parent(source, out, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -164,7 +164,7 @@ def import_parent_cmd(source: str, out: str, dtype: str, trust_remote_code: bool
 def _add_tracking_commands() -> None:
     """`runs` and `log-missed` live in tracking_cli (MLflow is imported only when they run)."""
     try:
-        from puzzle_dsl import tracking_cli
+        from puzzle_dsl.tracking import cli as tracking_cli
     except ImportError:
         return
     for command in vars(tracking_cli).values():

@@ -8,7 +8,7 @@ runtime model's predictions land within about 5% of the measured speedups here.
 
 from pathlib import Path
 
-from puzzle_dsl.recipe import (
+from puzzle_dsl.dsl import (
     BLD,
     FFN,
     GKD,

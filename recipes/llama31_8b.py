@@ -2,7 +2,7 @@
 spirit of the paper's 8B result (PUZZLE.md section 7). Compiles offline: the parent's shape
 is stated here because the hub config cannot be read without the network."""
 
-from puzzle_dsl.recipe import (
+from puzzle_dsl.dsl import (
     BLD,
     FFN,
     GKD,

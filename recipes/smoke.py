@@ -5,7 +5,7 @@ not the budgets, sets the cost: one solution (4 stages per child) keeps the full
 at 19 stages. The pipeline tests (tests/test_dvc_pipeline.py, test_smoke_*.py) run it for real.
 """
 
-from puzzle_dsl.recipe import (
+from puzzle_dsl.dsl import (
     BLD,
     FFN,
     GKD,

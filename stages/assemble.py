@@ -8,8 +8,7 @@ from pathlib import Path
 
 def load_solution(name: str | None) -> dict:
     """The entry `name` of artifacts/search/solutions.json."""
-    from puzzle_dsl import layout
-
+    from puzzle_dsl.pipeline import layout
     path = Path(layout.SEARCH_DIR) / "solutions.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run the search stage first")
@@ -22,9 +21,9 @@ def load_solution(name: str | None) -> dict:
 
 
 def main(params: dict, item: str | None) -> None:
-    from puzzle_dsl import layout
-    from puzzle_dsl.assemble import assemble_child
-    from puzzle_dsl.checkpoint import save_child
+    from puzzle_dsl.model.assemble import assemble_child
+    from puzzle_dsl.model.checkpoint import save_child
+    from puzzle_dsl.pipeline import layout
 
     child, tokenizer = assemble_child(layout.PARENT_DIR, load_solution(item))
     save_child(child, tokenizer, layout.assembled_dir(item))

@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from puzzle_dsl import layout
+from puzzle_dsl.pipeline import layout
 
 
 def find_variant(space: dict, name: str) -> tuple[str, dict]:
@@ -57,7 +57,6 @@ def main(params: dict, item: str | None) -> None:
     import numpy as np
     import torch
 
-    from puzzle_dsl import distributed
     from puzzle_dsl.bld.train import (
         BldSettings,
         TrainBatches,
@@ -66,9 +65,10 @@ def main(params: dict, item: str | None) -> None:
         make_block,
         train,
     )
-    from puzzle_dsl.checkpoint import load_parent
-    from puzzle_dsl.library import parent_shape_of
-    from puzzle_dsl.space import needs_training
+    from puzzle_dsl.dsl.space import needs_training
+    from puzzle_dsl.model.checkpoint import load_parent
+    from puzzle_dsl.model.library import parent_shape_of
+    from puzzle_dsl.train import distributed
 
     if not item:
         raise ValueError("the bld stage trains one variant: `puzzle-dsl run-stage bld VARIANT`")
@@ -122,8 +122,8 @@ def _write_outputs(item: str, subblock: str, job, layers: list[int], result) -> 
     import polars as pl
     from safetensors.torch import save_file
 
-    from puzzle_dsl.checkpoint import atomic_dir
-    from puzzle_dsl.library import BLOCKS_FILE
+    from puzzle_dsl.model.checkpoint import atomic_dir
+    from puzzle_dsl.model.library import BLOCKS_FILE
 
     library = Path(layout.library_dir(item))
     with atomic_dir(library) as tmp:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from puzzle_dsl import layout
+from puzzle_dsl.pipeline import layout
 
 
 def main(params: dict, item: str | None) -> None:
@@ -18,8 +18,8 @@ def main(params: dict, item: str | None) -> None:
     from safetensors.torch import save_file
 
     from puzzle_dsl.bld.calibrate import calibrate
-    from puzzle_dsl.checkpoint import load_parent
-    from puzzle_dsl.data.corpus import iter_batches
+    from puzzle_dsl.corpus.dataset import iter_batches
+    from puzzle_dsl.model.checkpoint import load_parent
 
     cfg = params["calibrate"]
     train = Path(layout.CORPUS_DIR, "train.npy")

@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from puzzle_dsl import layout
+from puzzle_dsl.pipeline import layout
 
 
 def _load_parent(parent_dir: str):
@@ -25,7 +25,7 @@ def _load_parent(parent_dir: str):
 def main(params: dict, item: str | None) -> None:
     from transformers import AutoTokenizer
 
-    from puzzle_dsl.data.corpus import build_corpus, corpus_metrics
+    from puzzle_dsl.corpus.dataset import build_corpus, corpus_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not Path(layout.PARENT_DIR, "config.json").is_file():

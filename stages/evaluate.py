@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from puzzle_dsl.atomic import write_json
+from puzzle_dsl.pipeline.atomic import write_json
 
 DEFAULT_BENCH = {"batch_size": 16, "prefill_len": 128, "decode_len": 128, "repeats": 1}
 
@@ -18,15 +18,15 @@ def main(params: dict, item: str | None) -> None:
     import numpy as np
     import torch
 
-    from puzzle_dsl import layout
-    from puzzle_dsl.checkpoint import load_child, load_parent
-    from puzzle_dsl.evaluate import (
+    from puzzle_dsl.evaluate.measures import (
         generation_benchmark,
         model_facts,
         speedup,
         task_scores,
         text_metrics,
     )
+    from puzzle_dsl.model.checkpoint import load_child, load_parent
+    from puzzle_dsl.pipeline import layout
 
     if not item:
         raise ValueError("evaluate needs an item: `parent` or a solution name such as `sol0`")

@@ -12,8 +12,8 @@ def _read_json(path: str) -> dict:
 
 
 def main(params: dict, item: str | None) -> None:
-    from puzzle_dsl import layout
-    from puzzle_dsl.export import export_child, lock_hashes, parent_source
+    from puzzle_dsl.export.hf import export_child, lock_hashes, parent_source
+    from puzzle_dsl.pipeline import layout
 
     if not item:
         raise ValueError("export needs a solution item: `puzzle-dsl run-stage export sol0`")

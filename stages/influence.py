@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from puzzle_dsl import layout
-from puzzle_dsl.atomic import write_json
+from puzzle_dsl.pipeline import layout
+from puzzle_dsl.pipeline.atomic import write_json
 
 
 def main(params: dict, item: str | None) -> None:
     import torch
 
-    from puzzle_dsl.checkpoint import load_parent
-    from puzzle_dsl.data.corpus import iter_batches
-    from puzzle_dsl.influence import block_influence
+    from puzzle_dsl.corpus.dataset import iter_batches
+    from puzzle_dsl.model.checkpoint import load_parent
+    from puzzle_dsl.score.influence import block_influence
 
     split = Path(layout.CORPUS_DIR, "score.npy")
     if not split.is_file():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from puzzle_dsl import layout
-from puzzle_dsl.parent import import_parent
+from puzzle_dsl.model.parent import import_parent
+from puzzle_dsl.pipeline import layout
 
 
 def main(params: dict, item: str | None = None) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from puzzle_dsl import layout
-from puzzle_dsl.atomic import write_json, write_text
+from puzzle_dsl.pipeline import layout
+from puzzle_dsl.pipeline.atomic import write_json, write_text
 
 
 def main(params: dict, item: str | None) -> None:
-    from puzzle_dsl.report import markdown, results_table
+    from puzzle_dsl.report.table import markdown, results_table
 
     def read(path: str) -> dict:
         if not Path(path).is_file():

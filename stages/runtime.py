@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from puzzle_dsl import layout
+from puzzle_dsl.pipeline import layout
 
 PARENT = "(parent)"  # internal name of the parent's own pieces; never a valid variant name
 
@@ -20,16 +20,16 @@ def main(params: dict, item: str | None) -> None:
     import polars as pl
     import torch
 
-    from puzzle_dsl.checkpoint import atomic_dir, load_parent
-    from puzzle_dsl.library import parent_shape_of
-    from puzzle_dsl.runtime import (
+    from puzzle_dsl.dsl.space import parent_piece
+    from puzzle_dsl.model.checkpoint import atomic_dir, load_parent
+    from puzzle_dsl.model.library import parent_shape_of
+    from puzzle_dsl.runtime.measure import (
         Scenario,
         hardware_info,
         measure_table,
         predict_generation_s,
         time_generate,
     )
-    from puzzle_dsl.space import parent_piece
 
     sc = Scenario.from_params(params["runtime"])
     space = {sub: {name: spec for name, spec in (params["space"].get(sub) or {}).items()}

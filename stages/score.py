@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from puzzle_dsl import layout
+from puzzle_dsl.pipeline import layout
 
 
 def find_variant(space: dict, name: str) -> tuple[str, dict]:
@@ -35,9 +35,10 @@ def compute_scores(common: dict, subblock: str, spec: dict, name: str) -> dict[i
     """{layer: (value, tokens)} for variant `name` on the pipeline's parent and corpus."""
     import torch
 
-    from puzzle_dsl.checkpoint import load_parent
-    from puzzle_dsl.library import load_block, parent_shape_of, read_library
-    from puzzle_dsl.scoring import (
+    from puzzle_dsl.dsl.space import is_parent_variant, needs_training
+    from puzzle_dsl.model.checkpoint import load_parent
+    from puzzle_dsl.model.library import load_block, parent_shape_of, read_library
+    from puzzle_dsl.score.replace_one_block import (
         METRICS,
         parent_lm_eval,
         score_batches,
@@ -45,7 +46,6 @@ def compute_scores(common: dict, subblock: str, spec: dict, name: str) -> dict[i
         score_lm_eval,
         score_parent,
     )
-    from puzzle_dsl.space import is_parent_variant, needs_training
 
     metric = common.get("metric", "kl")
     if metric not in METRICS:

@@ -19,9 +19,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from puzzle_dsl import layout, mip, plots
-from puzzle_dsl.mip import Choice, Problem, SearchError
-from puzzle_dsl.search_tables import (
+from puzzle_dsl.dsl.space import block_piece
+from puzzle_dsl.pipeline import layout
+from puzzle_dsl.report import plots
+from puzzle_dsl.search import mip
+from puzzle_dsl.search.constraints import (
     GIB,
     Runtime,
     budgets_at,
@@ -31,7 +33,7 @@ from puzzle_dsl.search_tables import (
     predict,
     time_budget,
 )
-from puzzle_dsl.space import block_piece
+from puzzle_dsl.search.mip import Choice, Problem, SearchError
 
 DEFAULTS = {"objective": "kl", "throughput": None, "memory_gib": None, "latency_s": None,
             "max_params": None, "num_solutions": 3, "diversity_alpha": 0.8, "pareto_points": 10,

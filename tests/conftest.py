@@ -29,7 +29,7 @@ GITIGNORE = ".puzzle/\nmlartifacts/\nmlflow.db\n__pycache__/\n*.pyc\n"
 @pytest.fixture(scope="session")
 def tiny_parent_dir(tmp_path_factory) -> Path:
     """A tiny random Llama parent (HF directory with safetensors + tokenizer)."""
-    from puzzle_dsl.tiny import make_tiny_parent
+    from puzzle_dsl.model.tiny import make_tiny_parent
 
     return make_tiny_parent(tmp_path_factory.mktemp("tiny_parent"))
 
@@ -154,7 +154,7 @@ class SmokePipeline:
 
     root: Path
     recipe: object
-    pipeline: object  # puzzle_dsl.compiler.Pipeline
+    pipeline: object  # puzzle_dsl.compiler.build.Pipeline
     tracking_uri: str
     first: Repro  # the initial full build (`puzzle-dsl repro -j 2`: DVC, two stages at a time)
     first_end_ms: int  # wall clock (ms) when it ended: later runs start after this
@@ -188,8 +188,8 @@ def smoke_pipeline(tmp_path_factory) -> SmokePipeline:
     The repository is committed after the run (code, dvc.yaml, params.yaml, dvc.lock), so it
     can be cloned.
     """
-    from puzzle_dsl.compiler import PROGRAMS, compile_recipe
-    from puzzle_dsl.recipe import load_recipe
+    from puzzle_dsl.compiler.build import PROGRAMS, compile_recipe
+    from puzzle_dsl.dsl.recipe import load_recipe
 
     missing = [p for p in PROGRAMS if not (REPO / "stages" / f"{p}.py").is_file()]
     if missing:

@@ -1,4 +1,4 @@
-"""Assembly: solution + library -> child (puzzle_dsl/assemble.py)."""
+"""Assembly: solution + library -> child (puzzle_dsl/model/assemble.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from puzzle_dsl import layout
-from puzzle_dsl.assemble import AssemblyError, assemble_child
-from puzzle_dsl.checkpoint import child_config_from_llama, load_parent
-from puzzle_dsl.child.modeling_nemotron_nas import NemotronNasForCausalLM
-from puzzle_dsl.space import block_piece
+from puzzle_dsl.dsl.space import block_piece
+from puzzle_dsl.model.assemble import AssemblyError, assemble_child
+from puzzle_dsl.model.checkpoint import child_config_from_llama, load_parent
+from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
+from puzzle_dsl.pipeline import layout
 
 PARENT_ATTN = {"kind": "gqa", "n_heads_in_group": 2}  # tiny parent: 6 heads over 3 KV heads
 PARENT_FFN = {"kind": "swiglu", "intermediate_size": 128}

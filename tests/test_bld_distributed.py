@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from puzzle_dsl import layout
-from puzzle_dsl.distributed import rank_slice
-from puzzle_dsl.run_stage import run_stage
+from puzzle_dsl.pipeline import layout
+from puzzle_dsl.pipeline.run_stage import run_stage
+from puzzle_dsl.train.distributed import rank_slice
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -12,7 +12,7 @@ from puzzle_dsl.bld.train import layer_state, make_block
 
 @pytest.fixture(scope="module")
 def parent(tiny_parent_dir):
-    from puzzle_dsl.checkpoint import load_parent
+    from puzzle_dsl.model.checkpoint import load_parent
 
     model, _ = load_parent(tiny_parent_dir)
     return model.requires_grad_(False)

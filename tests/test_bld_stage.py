@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from puzzle_dsl import layout
-from puzzle_dsl.run_stage import run_stage
+from puzzle_dsl.pipeline import layout
+from puzzle_dsl.pipeline.run_stage import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANT = "ffn_i40"
@@ -97,8 +97,8 @@ def test_calibration_has_one_contribution_vector_per_layer(finished):
 
 
 def test_library_loads_as_the_variants_block_for_each_of_its_layers(finished):
-    from puzzle_dsl.checkpoint import load_parent
-    from puzzle_dsl.library import load_block
+    from puzzle_dsl.model.checkpoint import load_parent
+    from puzzle_dsl.model.library import load_block
 
     parent, _ = load_parent(finished / layout.PARENT_DIR)
     spec = PARAMS["space"]["ffn"][VARIANT]

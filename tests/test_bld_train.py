@@ -10,7 +10,7 @@ import torch
 
 from puzzle_dsl.bld.loss import normalized_mse
 from puzzle_dsl.bld.train import BldSettings, TrainBatches, VariantJob, make_block, train
-from puzzle_dsl.optim import clip_grad_norms, warmup_cosine
+from puzzle_dsl.train.optim import clip_grad_norms, warmup_cosine
 
 ATTN = {"kind": "gqa", "n_heads_in_group": 6}
 FFN = {"kind": "swiglu", "intermediate_size": 48}
@@ -18,7 +18,7 @@ FFN = {"kind": "swiglu", "intermediate_size": 48}
 
 @pytest.fixture(scope="module")
 def parent(tiny_parent_dir):
-    from puzzle_dsl.checkpoint import load_parent
+    from puzzle_dsl.model.checkpoint import load_parent
 
     model, _ = load_parent(tiny_parent_dir)
     return model

@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig
 
-from puzzle_dsl.checkpoint import (
+from puzzle_dsl.model.checkpoint import (
     child_config_from_llama,
     load_child,
     load_parent,
     save_child,
 )
-from puzzle_dsl.child.modeling_nemotron_nas import NemotronNasForCausalLM
+from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
 
 MIXED_BLOCKS = [
     {"attention": {"no_op": True}, "ffn": {"intermediate_size": 64}},

@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from puzzle_dsl.checkpoint import child_config_from_llama, load_parent
-from puzzle_dsl.child.configuration_nemotron_nas import (
+from puzzle_dsl.model.checkpoint import child_config_from_llama, load_parent
+from puzzle_dsl.model.nemotron_nas.configuration_nemotron_nas import (
     NemotronNasConfig,
     ffn_intermediate_size,
     ffn_mult_to_intermediate_size,
 )
-from puzzle_dsl.child.modeling_nemotron_nas import NemotronNasForCausalLM
+from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
 
 # tiny parent: hidden 48, 6 query heads (head_dim 8), 3 KV heads, FFN 128, 4 layers, vocab 512
 MIXED_BLOCKS = [
@@ -225,7 +225,7 @@ SMOLLM2 = Path("/tmp/smollm2")
 def smollm2_dir(tmp_path_factory) -> Path:
     if (SMOLLM2 / "model.safetensors").is_file():
         return SMOLLM2
-    from puzzle_dsl.parent import import_parent
+    from puzzle_dsl.model.parent import import_parent
 
     return import_parent("gguf:default", tmp_path_factory.mktemp("smollm2") / "parent")
 

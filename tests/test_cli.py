@@ -41,7 +41,7 @@ def test_validate_reports_the_space_and_stage_count():
 
 def test_invalid_recipe_exits_2_with_file_and_line(tmp_path):
     path = tmp_path / "bad.py"
-    path.write_text("from puzzle_dsl.recipe import *\n"
+    path.write_text("from puzzle_dsl.dsl.recipe import *\n"
                     "recipe = Recipe(name='x', parent=Parent('tiny:0'),\n"
                     "                space=SearchSpace(attention=[GQA(kv_heads=4)]))\n")
     result = run("validate", str(path))

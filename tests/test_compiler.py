@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from puzzle_dsl import layout
-from puzzle_dsl.compiler import (
+from puzzle_dsl.compiler.build import (
     CompileError,
     Stage,
     build_pipeline,
@@ -19,7 +18,7 @@ from puzzle_dsl.compiler import (
     ffn_size,
     render,
 )
-from puzzle_dsl.recipe import (
+from puzzle_dsl.dsl.recipe import (
     FFN,
     GQA,
     Block,
@@ -43,7 +42,8 @@ from puzzle_dsl.recipe import (
     UniformWidth,
     load_recipe,
 )
-from puzzle_dsl.space import ParentShape
+from puzzle_dsl.dsl.space import ParentShape
+from puzzle_dsl.pipeline import layout
 
 REPO = Path(__file__).resolve().parents[1]
 SMOL = ParentShape(num_hidden_layers=30, hidden_size=576, num_attention_heads=9,
@@ -197,7 +197,7 @@ def test_params_follow_the_design_schema():
 
 def test_kv_heads_not_dividing_query_heads_names_the_recipe_line(tmp_path):
     path = tmp_path / "r.py"
-    path.write_text("from puzzle_dsl.recipe import *\n"
+    path.write_text("from puzzle_dsl.dsl.recipe import *\n"
                     "recipe = Recipe(name='x', parent=Parent('gguf:default'),\n"
                     "    space=SearchSpace(attention=[\n"
                     "        GQA(kv_heads=2),\n"
@@ -396,7 +396,7 @@ def test_compiled_stages_depend_on_their_code(tmp_path):
 
 # ---------------------------------------------------------------------------- parent shapes
 def test_gguf_default_shape_is_smollm2_135m():
-    from puzzle_dsl.parent_shape import read_parent_shape
+    from puzzle_dsl.dsl.parent_shape import read_parent_shape
 
     assert read_parent_shape("gguf:default") == SMOL
 
@@ -404,8 +404,7 @@ def test_gguf_default_shape_is_smollm2_135m():
 def test_gguf_header_constants_match_the_gguf_package():
     import gguf
 
-    from puzzle_dsl import parent_shape as ps
-
+    from puzzle_dsl.dsl import parent_shape as ps
     assert ps._MAGIC == gguf.GGUF_MAGIC
     assert ps._STRING == gguf.GGUFValueType.STRING and ps._ARRAY == gguf.GGUFValueType.ARRAY
     formats = {"UINT8": "<B", "INT8": "<b", "UINT16": "<H", "INT16": "<h", "UINT32": "<I",
@@ -415,8 +414,8 @@ def test_gguf_header_constants_match_the_gguf_package():
 
 
 def test_tiny_shape_comes_from_the_tiny_spec():
-    from puzzle_dsl.parent_shape import read_parent_shape
-    from puzzle_dsl.tiny import TINY_SHAPE
+    from puzzle_dsl.dsl.parent_shape import read_parent_shape
+    from puzzle_dsl.model.tiny import TINY_SHAPE
 
     shape = read_parent_shape("tiny:0")
     assert (shape.num_hidden_layers, shape.intermediate_size) == (
@@ -424,7 +423,7 @@ def test_tiny_shape_comes_from_the_tiny_spec():
 
 
 def test_dir_shape_reads_config_json(tmp_path):
-    from puzzle_dsl.parent_shape import read_parent_shape
+    from puzzle_dsl.dsl.parent_shape import read_parent_shape
 
     (tmp_path / "config.json").write_text(
         '{"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, '
@@ -434,7 +433,7 @@ def test_dir_shape_reads_config_json(tmp_path):
 
 
 def test_non_llama_parent_is_rejected_clearly(tmp_path):
-    from puzzle_dsl.parent_shape import ParentShapeError, read_parent_shape
+    from puzzle_dsl.dsl.parent_shape import ParentShapeError, read_parent_shape
 
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ParentShapeError, match="model_type 'gpt2' is not supported"):

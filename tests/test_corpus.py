@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from puzzle_dsl import layout
-from puzzle_dsl.data.corpus import (
+from puzzle_dsl.corpus.dataset import (
     SPLITS,
     CorpusError,
     build_corpus,
@@ -20,6 +19,7 @@ from puzzle_dsl.data.corpus import (
     mixture_quotas,
     sha256_file,
 )
+from puzzle_dsl.pipeline import layout
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from conftest import RAN, SmokePipeline, init_repo, sh
 
-from puzzle_dsl import layout
-from puzzle_dsl.compiler import Pipeline, build_pipeline, compile_recipe
-from puzzle_dsl.recipe import FFN, DepthPruning, Relative, UniformWidth, load_recipe
+from puzzle_dsl.compiler.build import Pipeline, build_pipeline, compile_recipe
+from puzzle_dsl.dsl.recipe import FFN, DepthPruning, Relative, UniformWidth, load_recipe
+from puzzle_dsl.pipeline import layout
 
 REPO = Path(__file__).resolve().parents[1]
 

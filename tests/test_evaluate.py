@@ -1,4 +1,4 @@
-"""Evaluation: held-out KL / perplexity and the generation benchmark (puzzle_dsl/evaluate.py)."""
+"""Evaluation: held-out KL / perplexity and the generation benchmark (puzzle_dsl/evaluate/measures.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from puzzle_dsl.checkpoint import load_parent
-from puzzle_dsl.evaluate import generation_benchmark, model_facts, speedup, text_metrics
+from puzzle_dsl.evaluate.measures import generation_benchmark, model_facts, speedup, text_metrics
+from puzzle_dsl.model.checkpoint import load_parent
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -80,7 +80,7 @@ SMOLLM2 = Path("/tmp/smollm2")
 def test_smollm2_child_without_half_its_attention_generates_faster(tmp_path):
     if not (SMOLLM2 / "model.safetensors").exists():
         pytest.skip("no float32 SmolLM2 copy at /tmp/smollm2")
-    from puzzle_dsl.assemble import assemble_child
+    from puzzle_dsl.model.assemble import assemble_child
 
     parent, _ = load_parent(SMOLLM2)
     cfg = parent.config

@@ -17,8 +17,8 @@ import torch
 import yaml
 from test_assemble import make_solution, write_library
 
-from puzzle_dsl import layout
-from puzzle_dsl.checkpoint import load_child
+from puzzle_dsl.model.checkpoint import load_child
+from puzzle_dsl.pipeline import layout
 
 STAGES = Path(__file__).resolve().parents[1] / "stages"
 SOLUTION = [("attn_kv1", "ffn_i64"), ("attn_linear", "ffn_parent"),
@@ -164,7 +164,7 @@ def test_exported_child_loads_and_generates_without_puzzle_dsl(pipeline, tmp_pat
 
 
 def test_card_lock_hashes_cover_exactly_the_stages_the_child_depends_on(tmp_path):
-    from puzzle_dsl.export import lock_hashes
+    from puzzle_dsl.export.hf import lock_hashes
 
     def stage(deps, outs):
         return {"cmd": "x", "deps": deps, "outs": outs}

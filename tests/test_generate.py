@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from puzzle_dsl.data.corpus import build_corpus
-from puzzle_dsl.data.generate import ParentSampler, encode_prompt
-from puzzle_dsl.data.prompts import builtin_prompts
+from puzzle_dsl.corpus.dataset import build_corpus
+from puzzle_dsl.corpus.generate import ParentSampler, encode_prompt
+from puzzle_dsl.corpus.prompts import builtin_prompts
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,4 +1,4 @@
-"""Global knowledge distillation (puzzle_dsl/gkd.py)."""
+"""Global knowledge distillation (puzzle_dsl/gkd/distill.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 import torch.multiprocessing as mp
 from test_assemble import make_solution, write_library
 
-from puzzle_dsl.assemble import assemble_child
-from puzzle_dsl.checkpoint import load_child, load_parent, save_child
-from puzzle_dsl.evaluate import text_metrics
-from puzzle_dsl.gkd import GkdConfig, cosine_loss, distill, kl_loss, step_rows
+from puzzle_dsl.evaluate.measures import text_metrics
+from puzzle_dsl.gkd.distill import GkdConfig, cosine_loss, distill, kl_loss, step_rows
+from puzzle_dsl.model.assemble import assemble_child
+from puzzle_dsl.model.checkpoint import load_child, load_parent, save_child
 
 SOLUTION = [("attn_kv1", "ffn_i64"), ("attn_parent", "ffn_linear"),
             ("attn_linear", "ffn_parent"), ("attn_noop", "ffn_i64")]

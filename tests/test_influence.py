@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from puzzle_dsl.checkpoint import load_parent
-from puzzle_dsl.influence import block_influence
+from puzzle_dsl.model.checkpoint import load_parent
+from puzzle_dsl.score.influence import block_influence
 
 
 def test_a_layer_that_adds_nothing_has_zero_influence(tiny_parent_dir):

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from puzzle_dsl import mip
-from puzzle_dsl.mip import Budget, Problem
+from puzzle_dsl.search import mip
+from puzzle_dsl.search.mip import Budget, Problem
 
 ATTN, FFN = ("a0", "a1", "a2"), ("f0", "f1", "f2")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from puzzle_dsl.parent import import_parent
+from puzzle_dsl.model.parent import import_parent
 
 
 def test_tiny_source_writes_plain_llama_safetensors(tmp_path):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import puzzle_dsl.recipe as dsl
-from puzzle_dsl.recipe import (
+import puzzle_dsl.dsl.recipe as dsl
+from puzzle_dsl.dsl.recipe import (
     BLD,
     FFN,
     GQA,
@@ -40,7 +40,7 @@ def _line_of(text: str, needle: str) -> int:
 
 def _recipe_file(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "r.py"
-    path.write_text("from puzzle_dsl.recipe import *\n" + body)
+    path.write_text("from puzzle_dsl.dsl.recipe import *\n" + body)
     return path
 
 

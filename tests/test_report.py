@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from puzzle_dsl.report import markdown, results_table, task_accuracy
+from puzzle_dsl.report.table import markdown, results_table, task_accuracy
 
 PARENT = {"params": 134_515_008, "kv_bytes_per_token": 46080, "kl": 0.0, "perplexity": 6.4,
           "tasks": {"arc_easy": {"acc": 0.5, "acc_norm": 0.4}, "copa": {"acc": 0.6}},

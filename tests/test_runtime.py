@@ -12,9 +12,10 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from puzzle_dsl.checkpoint import child_config_from_llama
-from puzzle_dsl.child.modeling_nemotron_nas import NemotronNasForCausalLM
-from puzzle_dsl.runtime import (
+from puzzle_dsl.dsl.space import block_piece
+from puzzle_dsl.model.checkpoint import child_config_from_llama
+from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
+from puzzle_dsl.runtime.measure import (
     Scenario,
     block_param_bytes,
     kv_bytes_per_token,
@@ -22,7 +23,6 @@ from puzzle_dsl.runtime import (
     predict_generation_s,
     time_generate,
 )
-from puzzle_dsl.space import block_piece
 
 TINY = {"vocab_size": 512, "hidden_size": 48, "intermediate_size": 128, "num_hidden_layers": 4,
         "num_attention_heads": 6, "num_key_value_heads": 3, "tie_word_embeddings": True}
@@ -106,8 +106,7 @@ def test_summed_block_latencies_predict_generation_of_a_mixed_child():
 
 
 def test_runtime_stage_writes_table_parent_and_hardware(tiny_parent_dir, tmp_path, monkeypatch):
-    from puzzle_dsl import layout
-
+    from puzzle_dsl.pipeline import layout
     root = Path(__file__).resolve().parents[1]
     shutil.copytree(tiny_parent_dir, tmp_path / layout.PARENT_DIR)
     monkeypatch.chdir(tmp_path)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import copy_code, init_repo, pipeline_env, sh, timed_repro
 
-from puzzle_dsl.lineage import flatten
+from puzzle_dsl.tracking.lineage import flatten
 
 pytestmark = pytest.mark.pipeline
 

@@ -7,9 +7,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from puzzle_dsl.checkpoint import load_parent
-from puzzle_dsl.library import build_block, load_block, swapped
-from puzzle_dsl.scoring import score_batches, score_blocks, score_blocks_naive, score_lm_eval
+from puzzle_dsl.model.checkpoint import load_parent
+from puzzle_dsl.model.library import build_block, load_block, swapped
+from puzzle_dsl.score.replace_one_block import (
+    score_batches,
+    score_blocks,
+    score_blocks_naive,
+    score_lm_eval,
+)
 
 LAYERS = [0, 1, 2, 3]
 PARENT_ATTN = {"kind": "gqa", "n_heads_in_group": 2}
@@ -129,7 +134,7 @@ def test_score_split_too_small_is_a_clear_error(tmp_path):
 
 
 def test_lm_eval_scoring_gives_accuracies(parent, variant_blocks, shared_data):
-    pytest.importorskip("puzzle_dsl.lm_eval_runner")
+    pytest.importorskip("puzzle_dsl.evaluate.lm_eval_runner")
     model, tokenizer = parent
     tasks = [{"name": "copa", "path": str(shared_data / "copa" / "copa.jsonl")}]
     blocks = {i: variant_blocks["ffn_noop"][1][i] for i in (0, 3)}
@@ -156,8 +161,7 @@ def test_score_stage_writes_scores_and_metrics(parent, tiny_parent_dir, tmp_path
 
     import polars as pl
 
-    from puzzle_dsl import layout
-
+    from puzzle_dsl.pipeline import layout
     shutil.copytree(tiny_parent_dir, tmp_path / layout.PARENT_DIR)
     (tmp_path / layout.CORPUS_DIR).mkdir(parents=True)
     rng = np.random.default_rng(0)

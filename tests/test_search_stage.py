@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from puzzle_dsl import layout
-from puzzle_dsl.mip import SearchError
+from puzzle_dsl.pipeline import layout
+from puzzle_dsl.search.mip import SearchError
 
 L, PREFILL, DECODE, BATCHES = 6, 128, 128, (8, 16)
 SPACE = {
@@ -247,7 +247,7 @@ def test_runtime_without_sequence_lengths_says_what_is_missing(tables, monkeypat
 
 
 def test_architecture_picture_is_drawn_without_the_space(tmp_path):
-    from puzzle_dsl.plots import architecture_plot
+    from puzzle_dsl.report.plots import architecture_plot
 
     layers = [{"attention": "attn_kv1", "ffn": "ffn_noop"}, {"attention": "x", "ffn": "y"}] * 20
     architecture_plot(layers, tmp_path / "arch.png", "child")
@@ -289,7 +289,7 @@ def test_uniform_width_is_the_best_scoring_uniform_pair_meeting_the_target(table
     assert len(pairs) == 1 and pairs != {("attn_kv3", "ffn_i1536")}
     assert uniform["constraints_met"]
     # every other uniform pair either misses the target or scores no better
-    from puzzle_dsl.search_tables import budgets_at, load_problem, load_runtime
+    from puzzle_dsl.search.constraints import budgets_at, load_problem, load_runtime
     problem, rt = load_problem(SPACE, "kl"), load_runtime(SPACE, layout.RUNTIME_DIR)
     target = {"throughput": {"relative": 1.3}, "memory_gib": None, "latency_s": None,
               "max_params": None}
@@ -341,7 +341,7 @@ def test_the_parent_is_predicted_at_its_measured_speed_and_speedups_keep_their_r
     for b, v in parent.items():
         v["predicted_time_s"] = v["time_s"] / 1.1
     (rt_dir / "parent.json").write_text(json.dumps(parent))
-    from puzzle_dsl.search_tables import load_problem, load_runtime, predict
+    from puzzle_dsl.search.constraints import load_problem, load_runtime, predict
     problem = load_problem(SPACE, "kl", path_of=lambda v: str(tables / layout.scores_file(v)))
     rt = load_runtime(SPACE, str(rt_dir))
     small = (("attn_kv1", "ffn_i768"),) * L

@@ -11,8 +11,9 @@ import math
 import pytest
 import yaml
 
-from puzzle_dsl import layout, mip
-from puzzle_dsl.search_tables import budgets_at, load_problem, load_runtime
+from puzzle_dsl.pipeline import layout
+from puzzle_dsl.search import mip
+from puzzle_dsl.search.constraints import budgets_at, load_problem, load_runtime
 
 pytestmark = pytest.mark.pipeline
 

@@ -16,7 +16,7 @@ def store(smoke_pipeline):
     """(MlflowClient, experiment id) of the smoke pipeline's tracking store."""
     from mlflow.tracking import MlflowClient
 
-    from puzzle_dsl.tracking import EXPERIMENT
+    from puzzle_dsl.tracking.runs import EXPERIMENT
 
     client = MlflowClient(smoke_pipeline.tracking_uri)
     exp = client.get_experiment_by_name(EXPERIMENT)

@@ -18,13 +18,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from puzzle_dsl import tracking, tracking_cli
-from puzzle_dsl.run_stage import run_stage
+from puzzle_dsl.pipeline.run_stage import run_stage
+from puzzle_dsl.tracking import cli as tracking_cli
+from puzzle_dsl.tracking import runs as tracking
 
 BIN = Path(sys.executable).parent
 # the lead wires `run-stage` into puzzle_dsl.cli; until then the module entry point is the same code
 HAS_CLI = importlib.util.find_spec("puzzle_dsl.cli") is not None
-CMD = "puzzle-dsl run-stage" if HAS_CLI else "python -m puzzle_dsl.run_stage"
+CMD = "puzzle-dsl run-stage" if HAS_CLI else "python -m puzzle_dsl.pipeline.run_stage"
 
 PROGRAMS = {
     "make": """

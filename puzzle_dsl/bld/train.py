@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from puzzle_dsl import distributed
 from puzzle_dsl.bld.init import init_attention, init_ffn
-from puzzle_dsl.library import build_block, parent_shape_of
-from puzzle_dsl.optim import clip_grad_norms, make_optimizer, warmup_cosine
-from puzzle_dsl.space import block_piece
+from puzzle_dsl.dsl.space import block_piece
+from puzzle_dsl.model.library import build_block, parent_shape_of
+from puzzle_dsl.train import distributed
+from puzzle_dsl.train.optim import clip_grad_norms, make_optimizer, warmup_cosine
 
 INITS = ("paper", "random")
 EPS = 1e-12  # normalized_mse's

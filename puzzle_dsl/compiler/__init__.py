@@ -1,0 +1,1 @@
+"""Recipe -> dvc.yaml + params.yaml (no torch)."""

@@ -1,0 +1,1 @@
+"""The distillation corpus: sources, sampling from the parent, packing and split."""

@@ -1,0 +1,1 @@
+"""Evaluation: KL / perplexity, lm-eval tasks, generation benchmark."""

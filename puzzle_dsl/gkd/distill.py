@@ -1,0 +1,249 @@
+"""Global knowledge distillation: the assembled child learns from the frozen parent (PUZZLE.md 6).
+
+loss = cosine_weight * sum_layers mean_tokens (1 - cos(h_child, h_parent))
+     + kl_weight * mean_tokens KL(parent || child) + lm_loss_weight * LM loss (off by default).
+Hidden states are the outputs of each decoder layer, aligned layer by layer.
+
+Runs on one process, or under `torchrun` (DDP: gloo on CPU, NCCL on GPU): every micro-batch of
+`batch_size` sequences is split across ranks, so the same global batch gives the same result
+(within float tolerance). The data order depends only on (seed, step), and checkpoints hold
+model + optimizer + scheduler + RNG + step + log, so an interrupted run resumes to the result of
+an uninterrupted one. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from puzzle_dsl.train.distributed import barrier, mean_across_ranks, rank_slice, rank_world
+from puzzle_dsl.train.optim import make_optimizer, warmup_cosine_scheduler
+
+PLOT_COLUMNS = ("step", "loss", "cosine", "kl", "lm_loss", "lr", "tokens")
+
+
+@dataclass(frozen=True)
+class GkdConfig:
+    """params.yaml `gkd`: token budget, global micro-batch (sequences), optimiser, loss weights."""
+
+    tokens: int = 500_000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    cosine_weight: float = 1.0
+    kl_weight: float = 1.0
+    lm_loss_weight: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    @classmethod
+    def from_params(cls, params: dict) -> GkdConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"unknown gkd params {unknown}; known: {sorted(known)}")
+        cfg = cls(**{k: (tuple(v) if k == "betas" else v) for k, v in params.items()})
+        if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.tokens < 1:
+            raise ValueError("gkd tokens, batch_size and grad_accum must be >= 1")
+        if cfg.cosine_weight == cfg.kl_weight == cfg.lm_loss_weight == 0:
+            raise ValueError("gkd: all loss weights are 0; set cosine_weight or kl_weight > 0")
+        return cfg
+
+    def total_steps(self, seq_len: int) -> int:
+        return max(1, self.tokens // (self.batch_size * self.grad_accum * seq_len))
+
+
+# ---------------------------------------------------------------- losses (pure)
+def cosine_loss(child_h: list[torch.Tensor], parent_h: list[torch.Tensor]) -> torch.Tensor:
+    """sum over layers of mean over tokens of 1 - cos(h_child, h_parent); each (B, T, C)."""
+    if len(child_h) != len(parent_h):
+        raise ValueError(f"{len(child_h)} child vs {len(parent_h)} parent layers")
+    return sum((1 - F.cosine_similarity(c, p, dim=-1)).mean() for c, p in zip(child_h, parent_h))
+
+
+def kl_loss(parent_logits: torch.Tensor, child_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(parent || child); logits (B, T, V)."""
+    p_log = F.log_softmax(parent_logits.float(), dim=-1)
+    c_log = F.log_softmax(child_logits.float(), dim=-1)
+    return (p_log.exp() * (p_log - c_log)).sum(-1).mean()
+
+
+def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy; logits (B, T, V), ids (B, T)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+
+
+@contextlib.contextmanager
+def layer_outputs(model: torch.nn.Module):
+    """Collect the output of every decoder layer (model.model.layers) during a forward."""
+    outs: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(
+        lambda _m, _i, out: outs.append(out[0] if isinstance(out, tuple) else out))
+        for layer in model.model.layers]
+    try:
+        yield outs
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def distill_loss(child: torch.nn.Module, parent: torch.nn.Module, ids: torch.Tensor,
+                 cfg: GkdConfig, forward=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """(weighted loss, its parts) for one batch `ids` (B, T); `forward` is the (DDP) child call."""
+    with torch.no_grad(), layer_outputs(parent) as parent_h:
+        parent_logits = parent(input_ids=ids, use_cache=False).logits
+    with layer_outputs(child) as child_h:
+        logits = (forward or child)(input_ids=ids, use_cache=False).logits
+    cos, kl = cosine_loss(child_h, parent_h), kl_loss(parent_logits, logits)
+    lm = lm_loss(logits, ids)
+    loss = cfg.cosine_weight * cos + cfg.kl_weight * kl + cfg.lm_loss_weight * lm
+    return loss, {"loss": loss.item(), "cosine": cos.item(), "kl": kl.item(), "lm_loss": lm.item()}
+
+
+# ---------------------------------------------------------------- data order
+def step_rows(n_seq: int, step: int, micro: int, cfg: GkdConfig) -> np.ndarray:
+    """Row indices of one global micro-batch: a seeded permutation per epoch, read in order."""
+    start = (step * cfg.grad_accum + micro) * cfg.batch_size
+    g = np.arange(start, start + cfg.batch_size)
+    epochs = g // n_seq
+    rows = np.empty_like(g)
+    for e in np.unique(epochs):
+        perm = np.random.default_rng([cfg.seed, int(e)]).permutation(n_seq)
+        rows[epochs == e] = perm[g[epochs == e] % n_seq]
+    return rows
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temp file, then rename (never a half-written checkpoint)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    """The checkpoint at `path` if it belongs to this run (same fingerprint), else None."""
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("fingerprint") == fingerprint else None
+
+
+def run_fingerprint(cfg: GkdConfig, child: torch.nn.Module, seq_len: int, n_seq: int) -> str:
+    """What a checkpoint must match to be resumed: the params and the child's architecture."""
+    return repr((asdict(cfg), child.config.block_configs, seq_len, n_seq))
+
+
+# ---------------------------------------------------------------- the loop
+def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, cfg: GkdConfig,
+            *, checkpoint: str | Path | None = None, stop_after: int | None = None,
+            progress: bool = True) -> list[dict]:
+    """Train `child` in place against the frozen `parent` on rows of `train` (int [n_seq, T]).
+
+    Returns the log (one dict per optimizer step, PLOT_COLUMNS). `checkpoint`: file to resume
+    from and save to every cfg.checkpoint_every steps. `stop_after`: stop after that many steps
+    (an interruption, for tests).
+    """
+    rank, world = rank_world()
+    device = next(child.parameters()).device
+    n_seq, seq_len = train.shape
+    total = cfg.total_steps(seq_len)
+    parent.eval().requires_grad_(False)
+    child.train()
+    torch.manual_seed(cfg.seed)
+    optimizer = make_optimizer(child.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
+    scheduler = warmup_cosine_scheduler(optimizer, total, cfg.warmup_frac)
+    fingerprint = run_fingerprint(cfg, child, seq_len, n_seq)
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    log: list[dict] = []
+    start = 0
+    state = load_checkpoint(ckpt_path, fingerprint) if ckpt_path else None
+    if state is not None:
+        child.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start, log = int(state["step"]), list(state["log"])
+    forward = child
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        forward = torch.nn.parallel.DistributedDataParallel(child, device_ids=ids)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len
+    bar = tqdm(total=total, initial=start, desc="gkd", unit="step",
+               disable=not progress or rank != 0)
+    t0 = time.perf_counter()
+    for step in range(start, total):
+        parts_sum: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            rows = step_rows(n_seq, step, micro, cfg)
+            rows = np.sort(rank_slice(rows, rank, world, "gkd batch_size"))
+            ids = torch.from_numpy(np.asarray(train[rows], dtype=np.int64)).to(device)  # (b, T)
+            sync = micro == cfg.grad_accum - 1 or world == 1
+            ctx = contextlib.nullcontext() if sync else forward.no_sync()
+            with ctx:
+                loss, parts = distill_loss(child, parent, ids, cfg, forward)
+                (loss / cfg.grad_accum).backward()
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.grad_accum
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(child.parameters(), cfg.grad_clip)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        parts_mean = mean_across_ranks(parts_sum, device)
+        log.append({"step": step + 1, **parts_mean, "lr": lr,
+                    "tokens": (step + 1) * tokens_per_step})
+        done = step + 1 - start
+        bar.update(1)
+        bar.set_postfix(loss=f"{parts_mean['loss']:.4f}",
+                        tok_s=f"{done * tokens_per_step / (time.perf_counter() - t0):.0f}")
+        if ckpt_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            if rank == 0:
+                save_checkpoint(ckpt_path, {
+                    "model": child.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                    "step": step + 1, "log": log, "fingerprint": fingerprint})
+            barrier()
+        if stop_after is not None and step + 1 - start >= stop_after:
+            break
+    bar.close()
+    child.eval()
+    return log
+
+
+def summary(log: list[dict], seconds: float) -> dict:
+    """gkd metrics: steps, tokens, the last step's losses, throughput."""
+    last = log[-1] if log else {}
+    tokens = last.get("tokens", 0)
+    return {"steps": last.get("step", 0), "tokens": tokens,
+            **{f"final_{k}": last.get(k, math.nan) for k in ("loss", "cosine", "kl", "lm_loss")},
+            "first_loss": log[0]["loss"] if log else math.nan,
+            "seconds": seconds, "tokens_per_s": tokens / seconds if seconds > 0 else math.nan}
+
+
+def write_plot(path: str | Path, log: list[dict]) -> None:
+    """The gkd plot csv (PLOT_COLUMNS), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=PLOT_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(log)
+    os.replace(tmp, path)

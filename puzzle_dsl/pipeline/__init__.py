@@ -1,0 +1,1 @@
+"""Stage infrastructure: artifact layout, running one stage, parallel repro, atomic writes."""

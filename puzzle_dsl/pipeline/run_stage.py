@@ -1,0 +1,97 @@
+"""Run one compiled stage: `puzzle-dsl run-stage NAME [ITEM]`, under DVC or by hand, same result.
+
+The stage `NAME-ITEM` (or `NAME`) is looked up in dvc.yaml; the stage program `stages/NAME.py`
+gets exactly the params.yaml subtrees that stage declares, so a program can never read a
+parameter that DVC does not track.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class StageError(RuntimeError):
+    """A stage could not be found or started; the message says how to fix it."""
+
+
+def stage_id(name: str, item: str | None) -> str:
+    return f"{name}-{item}" if item else name
+
+
+def select_params(params: dict, keys: list) -> dict:
+    """The nested sub-dict of `params` holding only the dotted `keys` (DVC `params:` entries)."""
+    selected: dict[str, Any] = {}
+    for key in keys:
+        if isinstance(key, dict):  # {file.yaml: [keys]}: only params.yaml is ours
+            for file, sub in key.items():
+                if Path(file).name != "params.yaml":
+                    raise StageError(f"params from {file} are not supported; use params.yaml")
+                selected = _merge(selected, select_params(params, sub))
+            continue
+        node: Any = params
+        parts = str(key).split(".")
+        for part in parts:
+            if not isinstance(node, dict) or part not in node:
+                raise StageError(f"params.yaml has no key {key!r}; recompile the recipe")
+            node = node[part]
+        branch: Any = node
+        for part in reversed(parts):
+            branch = {part: branch}
+        selected = _merge(selected, branch)
+    return selected
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_stage(root: Path, name: str, item: str | None) -> tuple[dict, dict]:
+    """(the dvc.yaml entry of the stage, its params) from the pipeline at `root`."""
+    dvc_file, params_file = root / "dvc.yaml", root / "params.yaml"
+    if not dvc_file.exists():
+        raise StageError(f"no dvc.yaml in {root.resolve()}: run `puzzle-dsl compile RECIPE` first")
+    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
+    sid = stage_id(name, item)
+    if sid not in stages:
+        raise StageError(f"dvc.yaml has no stage {sid!r}; known: {', '.join(sorted(stages))}")
+    params = yaml.safe_load(params_file.read_text()) if params_file.exists() else {}
+    return stages[sid], select_params(params or {}, stages[sid].get("params", []))
+
+
+def load_program(root: Path, name: str):
+    path = root / "stages" / f"{name}.py"
+    if not path.exists():
+        raise StageError(f"no stage program {path}")
+    spec = importlib.util.spec_from_file_location(f"puzzle_stage_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> None:
+    """Run the stage program, then log it to MLflow (unless PUZZLE_TRACKING=0; under torchrun
+    only rank 0 logs).
+
+    Tracking reads only the files the stage wrote and never fails the stage.
+    """
+    root = Path(root)
+    entry, params = load_stage(root, name, item)
+    program = load_program(root, name)
+    program.main(params, item)
+    if os.environ.get("PUZZLE_TRACKING", "1") != "0" and os.environ.get("RANK", "0") == "0":
+        from puzzle_dsl.tracking import runs as tracking
+        tracking.log_stage(root, stage_id(name, item), entry, params)
+
+
+if __name__ == "__main__":  # `python -m puzzle_dsl.pipeline.run_stage NAME [ITEM]`, same as the CLI
+    run_stage(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)

@@ -1,0 +1,1 @@
+"""Per-block runtime and memory measurement on the target."""

@@ -1,0 +1,1 @@
+"""Replace-1-block scoring and block influence."""

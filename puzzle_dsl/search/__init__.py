@@ -1,0 +1,1 @@
+"""The MIP search: SCIP model, constraint tables, baselines."""

@@ -1,0 +1,500 @@
+"""MLflow tracking of finished stages, from files only: one nested run per distinct stage execution.
+
+`log_stage` runs in the `run-stage` wrapper after a stage program succeeds. It keys the stage by
+sha256(cmd, dep content hashes, params) (`lineage.stage_key`): a stage re-executed with the same
+inputs logs nothing, and a stage DVC serves from its cache never reaches us. Each `dvc repro`
+of a recipe maps to one recipe run (keyed by recipe name, dvc.yaml, params.yaml, git commit);
+stage runs nest under it and carry lineage tags (`puzzle.dep.PATH`, `puzzle.out.PATH` content
+hashes; `puzzle.producer.PATH` = the run that produced a dep), so any run leads back to the
+parent import. Tracking never fails a stage: when the store is unreachable it warns and appends
+the stage to `.puzzle/missed_runs.jsonl`, which `replay_missed` (`puzzle-dsl log-missed`) logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from puzzle_dsl.tracking import lineage
+from puzzle_dsl.tracking.lineage import HashCache, flatten, load_yaml, numeric_leaves
+
+EXPERIMENT = "puzzle-dsl"
+MISSED_FILE = f"{lineage.STATE_DIR}/missed_runs.jsonl"
+# fail fast on an unreachable server instead of MLflow's minutes of retries
+HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+MAX_VALUE = 6000  # MLflow's param value limit
+
+
+def tracking_uri(root: Path) -> str:
+    """MLFLOW_TRACKING_URI, else SQLite `mlflow.db` at the pipeline root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+
+
+# ---------------------------------------------------------------- snapshot (no MLflow)
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            check=False,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return "none"
+    return out.stdout.strip() if out.returncode == 0 else "none"
+
+
+def recipe_context(root: Path) -> dict:
+    """Name, git commit and key of the recipe run this `dvc repro` belongs to."""
+    params = load_yaml(root / "params.yaml")
+    name = str((params.get("recipe") or {}).get("name", "unnamed"))
+    commit = git_commit(root)
+    h = hashlib.sha256(name.encode())
+    for file in ("dvc.yaml", "params.yaml"):
+        path = root / file
+        h.update(path.read_bytes() if path.exists() else b"")
+    h.update(commit.encode())
+    return {"name": name, "commit": commit, "key": h.hexdigest()}
+
+
+def snapshot(root: Path, sid: str, entry: dict, params: dict) -> dict:
+    """Everything needed to log the stage later: hashes, key, recipe context (JSON-safe)."""
+    cache = HashCache(root)
+    deps = lineage.hashes(root, lineage.entry_paths(entry.get("deps")), cache)
+    outs = lineage.hashes(root, lineage.stage_outputs(entry), cache)
+    cache.save()
+    return {
+        "stage": sid,
+        "entry": entry,
+        "params": params,
+        "deps": deps,
+        "outs": outs,
+        "key": lineage.stage_key(entry, params, deps),
+        "recipe": recipe_context(root),
+        "time_ms": int(time.time() * 1000),
+    }
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def log_stage(root: str | Path, sid: str, entry: dict, params: dict) -> str | None:
+    """Log a finished stage; returns the new run id, or None (duplicate, or store unreachable)."""
+    root = Path(root).resolve()
+    try:
+        snap = snapshot(root, sid, entry, params)
+    except Exception as exc:  # noqa: BLE001 - the outputs are written; tracking is best effort
+        print(f"puzzle-dsl: WARNING: stage {sid!r} not tracked: {exc!r}", file=sys.stderr)
+        return None
+    try:
+        return _log(root, snap)
+    except Exception as exc:  # noqa: BLE001 - a tracking problem must never fail the stage
+        record_missed(root, snap)
+        print(
+            f"puzzle-dsl: WARNING: MLflow tracking of stage {sid!r} failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+            f"the stage's outputs are complete. Recorded in {MISSED_FILE}: run "
+            "`puzzle-dsl log-missed` once the tracking store is reachable.",
+            file=sys.stderr,
+        )
+        return None
+
+
+def record_missed(root: Path, snap: dict) -> None:
+    path = root / MISSED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(snap, default=str) + "\n")
+
+
+def replay_missed(root: str | Path) -> tuple[int, int, list[str]]:
+    """Log the stages recorded while the store was unreachable: (logged, skipped, still missed).
+
+    A record whose outputs changed since is skipped (a later execution was logged instead or
+    will be); records that fail again stay in the file.
+    """
+    root = Path(root).resolve()
+    path = root / MISSED_FILE
+    if not path.exists():
+        return 0, 0, []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    cache, logged, skipped, failed, errors = HashCache(root), 0, 0, [], []
+    for snap in records:
+        now = lineage.hashes(root, list(snap["outs"]), cache)
+        if now != snap["outs"]:
+            skipped += 1
+            continue
+        try:
+            logged += _log(root, snap) is not None
+        except Exception as exc:  # noqa: BLE001 - the record stays for the next try
+            failed.append(snap)
+            errors.append(f"{snap['stage']}: {type(exc).__name__}: {exc}")
+    cache.save()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(s, default=str) + "\n" for s in failed))
+    tmp.replace(path)
+    return logged, skipped, errors
+
+
+# ---------------------------------------------------------------- MLflow side
+
+
+def connect(root: Path):
+    """(MlflowClient, experiment id) for the store of this pipeline."""
+    for k, v in HTTP_ENV.items():
+        os.environ.setdefault(k, v)
+    uri = tracking_uri(root)
+    probe(uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return client, exp.experiment_id
+    location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    return client, client.create_experiment(name, artifact_location=location)
+
+
+def probe(uri: str) -> None:
+    """Raise OSError at once when an HTTP tracking server does not accept connections.
+
+    Cheaper than importing MLflow (seconds) only to find the port closed.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = urlsplit(uri)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    timeout = float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    with socket.create_connection((url.hostname, port), timeout=timeout):
+        pass
+
+
+def _q(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def find_runs(client, exp_id: str, filters: dict[str, str], finished: bool = True) -> list:
+    """Runs whose tags equal `filters`, newest first."""
+    clauses = [f"tags.`{_key(k)}` = '{_q(v)}'" for k, v in filters.items()]
+    if finished:
+        clauses.append("attributes.status = 'FINISHED'")
+    return client.search_runs(
+        [exp_id], " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=50
+    )
+
+
+def _log(root: Path, snap: dict) -> str | None:
+    client, exp_id = connect(root)
+    if find_runs(client, exp_id, {"puzzle.stage_key": snap["key"]}):
+        return None  # same cmd, deps and params already logged
+    parent = recipe_run(client, exp_id, root, snap["recipe"])
+    sid = snap["stage"]
+    tags = {
+        "mlflow.parentRunId": parent,
+        "puzzle.kind": "stage",
+        "puzzle.stage": sid,
+        "puzzle.stage_key": snap["key"],
+        "puzzle.recipe": snap["recipe"]["name"],
+        "puzzle.recipe_key": snap["recipe"]["key"],
+        "mlflow.source.git.commit": snap["recipe"]["commit"],
+    }
+    run = client.create_run(exp_id, start_time=snap["time_ms"], tags=tags, run_name=sid)
+    run_id = run.info.run_id
+    try:
+        _log_contents(client, exp_id, root, run_id, snap)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:  # noqa: BLE001 - re-raised below
+        try:  # a half-logged run must not count as logged; the stage goes to the missed file
+            client.delete_run(run_id)
+        finally:
+            raise
+    client.set_terminated(parent, "FINISHED")
+    return run_id
+
+
+def recipe_run(client, exp_id: str, root: Path, recipe: dict) -> str:
+    """The run of this recipe's `dvc repro` (found by key or created, with the recipe files)."""
+    found = find_runs(
+        client, exp_id, {"puzzle.kind": "recipe", "puzzle.recipe_key": recipe["key"]}, False
+    )
+    if found:
+        return found[0].info.run_id
+    tags = {
+        "puzzle.kind": "recipe",
+        "puzzle.recipe": recipe["name"],
+        "puzzle.recipe_key": recipe["key"],
+        "puzzle.git_commit": recipe["commit"],
+        "mlflow.source.git.commit": recipe["commit"],
+    }
+    run_id = client.create_run(exp_id, tags=tags, run_name=f"{recipe['name']}").info.run_id
+    log_batch(client, run_id, params=flatten(load_yaml(root / "params.yaml")))
+    for file in ("dvc.yaml", "params.yaml", *recipe_files(root, recipe["name"])):
+        if (root / file).exists():
+            client.log_artifact(run_id, str(root / file), "recipe")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def recipe_files(root: Path, name: str) -> list[str]:
+    """The recipe source, when it sits in the pipeline's recipes/ folder or root."""
+    names = [f"{d}{name}{ext}" for d in ("recipes/", "") for ext in (".py", ".yaml", ".yml")]
+    return [n for n in names if (root / n).is_file()]
+
+
+def _log_contents(client, exp_id: str, root: Path, run_id: str, snap: dict) -> None:
+    entry, sid = snap["entry"], snap["stage"]
+    tags = {f"puzzle.dep.{p}": h or "missing" for p, h in snap["deps"].items()}
+    tags |= {f"puzzle.out.{p}": h or "missing" for p, h in snap["outs"].items()}
+    tags |= {
+        f"puzzle.producer.{dep}": ",".join(ids)
+        for dep, ids in producer_runs(client, exp_id, root, sid, snap).items()
+    }
+    metrics = {}
+    for path in lineage.entry_paths(entry.get("metrics")):
+        metrics |= read_metrics(root / path)
+    extra_metrics, extra_params, extra_tags = child_summary(root, sid, snap)
+    log_batch(
+        client,
+        run_id,
+        params=flatten(snap["params"]) | extra_params,
+        metrics=metrics | extra_metrics,
+        tags=tags | extra_tags,
+        steps=[
+            s for p, o in lineage.plot_specs(entry.get("plots")) for s in read_plot(root / p, o)
+        ],
+    )
+    log_lineage_inputs(client, run_id, root, snap)
+    name, _, item = sid.partition("-")
+    if name == "export" and item:
+        register_export(client, root, run_id, snap, item)
+
+
+def producer_runs(client, exp_id: str, root: Path, sid: str, snap: dict) -> dict[str, list[str]]:
+    """dep path -> ids of the runs that produced it: by output hash, else by the producer's key."""
+    stages = load_yaml(root / "dvc.yaml").get("stages", {})
+    params_all = load_yaml(root / "params.yaml")
+    cache, found = HashCache(root), {}
+    for dep in snap["deps"]:
+        ids = []
+        for psid, out in lineage.producers(stages, dep):
+            if psid == sid:
+                continue
+            h = snap["deps"][dep] if out == dep else lineage.content_hash(root, out, cache)
+            runs = find_runs(client, exp_id, {"puzzle.stage": psid, f"puzzle.out.{out}": h or ""})
+            if not runs:  # re-executed with equal inputs but different bytes: match by key
+                runs = find_runs(
+                    client,
+                    exp_id,
+                    {"puzzle.stage_key": producer_key(root, stages[psid], params_all, cache)},
+                )
+            ids += [runs[0].info.run_id] if runs else []
+        if ids:
+            found[dep] = sorted(set(ids))
+    cache.save()
+    return found
+
+
+def producer_key(root: Path, entry: dict, params_all: dict, cache: HashCache) -> str:
+    from puzzle_dsl.pipeline.run_stage import select_params
+
+    deps = lineage.hashes(root, lineage.entry_paths(entry.get("deps")), cache)
+    return lineage.stage_key(entry, select_params(params_all, entry.get("params", [])), deps)
+
+
+def log_lineage_inputs(client, run_id: str, root: Path, snap: dict) -> None:
+    """Each dep and out as an MLflow dataset (metadata only: name = path, digest = hash)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for context, paths in (("dep", snap["deps"]), ("out", snap["outs"])):
+        for path, digest in paths.items():
+            with warnings.catch_warnings():  # several local sources claim file paths
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(str(root / path))
+            ds = MetaDataset(source=source, name=path, digest=(digest or "missing")[:36])
+            tag = InputTag(key="mlflow.data.context", value=context)
+            inputs.append(DatasetInput(dataset=ds._to_mlflow_entity(), tags=[tag]))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+
+
+# ---------------------------------------------------------------- reading stage files
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """Numeric leaves of a JSON/YAML metrics file, flattened with dotted keys."""
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    tree = json.loads(text) if path.suffix == ".json" else load_yaml(path)
+    return numeric_leaves(tree)
+
+
+def read_plot(path: Path, options: dict) -> list[tuple[str, float, int]]:
+    """(metric `STEM/column`, value, step) rows of a plot CSV; step = `step` column or row index."""
+    if not path.is_file() or path.suffix != ".csv":
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            step = _number(row.get("step"))
+            step = int(step) if step is not None else i
+            for col, value in row.items():
+                v = _number(value)
+                if col != "step" and v is not None:
+                    rows.append((f"{path.stem}/{col}", v, step))
+    return rows
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- children
+
+
+def child_summary(root: Path, sid: str, snap: dict) -> tuple[dict, dict, dict]:
+    """(metrics, params, tags) that make a child (export-solK) or the parent eval comparable."""
+    name, _, item = sid.partition("-")
+    if name == "evaluate" and item == "parent":
+        return {}, {}, {"puzzle.child": "parent", "puzzle.architecture": "parent"}
+    if name == "evaluate" and item:
+        return {}, {}, {"puzzle.solution": item}
+    if name != "export" or not item:
+        return {}, {}, {}
+    from puzzle_dsl.pipeline import layout
+    metrics = read_metrics(root / layout.eval_metrics(item))
+    parent = read_metrics(root / layout.PARENT_EVAL_METRICS)
+    for key, value in list(metrics.items()):  # measured speedup from any throughput both report
+        if key.endswith("tokens_per_s") and parent.get(key):
+            metrics[f"measured_speedup.{key}"] = value / parent[key]
+    params, tags = {}, {"puzzle.child": item}
+    solution = find_solution(root / layout.SEARCH_DIR / "solutions.json", item)
+    if solution:
+        metrics |= {
+            f"predicted.{k}": v for k, v in numeric_leaves(solution.get("predicted", {})).items()
+        }
+        layers = solution.get("layers", [])
+        params["child.num_layers"] = len(layers)
+        for sub in ("attention", "ffn"):
+            counts = Counter(str(layer.get(sub)) for layer in layers)
+            params[f"child.{sub}"] = ", ".join(f"{v} x{n}" for v, n in sorted(counts.items()))
+            params[f"child.{sub}_per_layer"] = ",".join(str(layer.get(sub)) for layer in layers)
+        tags["puzzle.architecture"] = "; ".join(
+            f"{sub}: {params[f'child.{sub}']}" for sub in ("attention", "ffn")
+        )[:5000]
+    return metrics, params, tags
+
+
+def find_solution(path: Path, name: str) -> dict | None:
+    if not path.is_file():
+        return None
+    for sol in json.loads(path.read_text()).get("solutions", []):
+        if sol.get("name") == name:
+            return sol
+    return None
+
+
+def register_export(client, root: Path, run_id: str, snap: dict, solution: str) -> None:
+    """Log the export directory as the run's `model` artifacts and register a version of it.
+
+    Registered as `{export.register_name}-{solution}`. Not `mlflow.transformers.log_model`:
+    from a local checkpoint path it fails in MLflow 3.17 with transformers 5 (the pipeline
+    registry's `impl` is now a string), and a pipeline object needs the model loaded in memory.
+    """
+    from mlflow.exceptions import MlflowException
+
+    export_dirs = [p for p in snap["outs"] if p.startswith("exports/") and (root / p).is_dir()]
+    base = (snap["params"].get("export") or {}).get("register_name")
+    for path in export_dirs:
+        client.log_artifacts(run_id, str(root / path), "model")
+        if not base:
+            continue
+        name = f"{base}-{solution}"
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, tags={"puzzle.child": solution})
+        source = f"{client.get_run(run_id).info.artifact_uri}/model"
+        version = client.create_model_version(
+            name, source, run_id=run_id, tags={"puzzle.child": solution, "puzzle.export": path}
+        )
+        client.set_tag(run_id, "puzzle.registered_model", f"{name}/{version.version}")
+
+
+# ---------------------------------------------------------------- batching
+
+
+def log_batch(client, run_id: str, params=None, metrics=None, tags=None, steps=None) -> None:
+    """Log in chunks within MLflow's per-request limits (100 params/tags, 1000 metrics)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    p = [Param(_key(k), _value(v)) for k, v in (params or {}).items()]
+    t = [RunTag(_key(k), str(v)) for k, v in (tags or {}).items()]
+    m = [Metric(_key(k), v, now, 0) for k, v in (metrics or {}).items()]
+    m += [Metric(_key(k), v, now, s) for k, v, s in (steps or [])]
+    for i in range(0, len(p), 100):
+        client.log_batch(run_id, params=p[i : i + 100])
+    for i in range(0, len(t), 100):
+        client.log_batch(run_id, tags=t[i : i + 100])
+    for i in range(0, len(m), 1000):
+        client.log_batch(run_id, metrics=m[i : i + 1000])
+
+
+def _key(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in str(key))[:250]
+
+
+def _value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 3] + "..."
+
+
+# ---------------------------------------------------------------- reading back
+
+
+def latest_recipe_children(root: str | Path) -> tuple[Any, list]:
+    """(the most recently updated recipe run, its stage runs oldest first)."""
+    client, exp_id = connect(Path(root).resolve())
+    recipes = client.search_runs(
+        [exp_id],
+        "tags.`puzzle.kind` = 'recipe'",
+        order_by=["attributes.end_time DESC"],
+        max_results=1,
+    )
+    if not recipes:
+        return None, []
+    parent = recipes[0]
+    children = client.search_runs(
+        [exp_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=5000,
+    )
+    return parent, children

@@ -1,0 +1,1 @@
+"""Training helpers shared by BLD and GKD: optimizer, schedules, distributed."""
