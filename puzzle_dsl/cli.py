@@ -87,7 +87,8 @@ def _show_value(value) -> str:
 @click.option("--code/--no-code", default=False, help="Also list each stage's code deps.")
 def show(recipe_file: str, code: bool) -> None:
     """Print the stage graph of RECIPE_FILE in run order, with each stage's params."""
-    from puzzle_dsl.compiler.build import build_pipeline, code_deps
+    from puzzle_dsl.compiler.build import build_pipeline
+    from puzzle_dsl.compiler.code_deps import code_deps
     from puzzle_dsl.pipeline.run_stage import select_params
 
     try:
@@ -110,6 +111,23 @@ def show(recipe_file: str, code: bool) -> None:
             click.echo(f"  -> {', '.join(outs)}")
         if code:
             click.echo(f"  code: {', '.join(code_deps(stage.program, pipeline.code_root))}")
+
+
+@main.command()
+@click.argument("programs", nargs=-1, required=True)
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Pipeline root (the folder of dvc.yaml and stages/).")
+def fingerprint(programs: tuple[str, ...], root: str) -> None:
+    """Write the code fingerprint of each stage program (what the `code` stage runs)."""
+    from puzzle_dsl.compiler.code_deps import write_fingerprints
+    from puzzle_dsl.pipeline import layout
+
+    base = Path(root)
+    try:
+        written = write_fingerprints(list(programs), base, base / layout.CODE_DIR)
+    except (FileNotFoundError, SyntaxError) as exc:
+        _fail(exc)
+    click.echo(f"fingerprinted {len(written)} stage programs -> {layout.CODE_DIR}/")
 
 
 @main.command("run-stage")
