@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from puzzle_dsl.pipeline import layout
-from puzzle_dsl.pipeline.repro import stage_graph
+from puzzle_dsl.pipeline.stage_graph import stage_graph
 
 FFN_GRID = 256  # Nemotron-NAS readers round 2 * ffn_mult * hidden / 3 up to a multiple of 256
 
