@@ -91,9 +91,9 @@ def test_gpu_stages_land_only_on_workers_that_declare_a_gpu(repo):
 
 def test_a_gpu_stage_with_no_gpu_worker_is_refused_at_once(repo):
     write_pipeline(repo, device="cuda:0")
-    with local_cluster(jobs=1, gpus=0) as cluster, distributed.Client(cluster) as client:
-        with pytest.raises(ReproError, match="bld-x needs GPU=1 .* no Dask worker declares it"):
-            run_graph(client, repo, echo=lambda _: None)
+    refused = pytest.raises(ReproError, match="bld-x needs GPU=1 .* no Dask worker declares it")
+    with local_cluster(jobs=1, gpus=0) as cluster, distributed.Client(cluster) as client, refused:
+        run_graph(client, repo, echo=lambda _: None)
     assert not (repo / "out" / "parent.txt").exists()  # refused before any stage ran
 
 

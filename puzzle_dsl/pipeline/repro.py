@@ -94,7 +94,8 @@ def run_stage_task(root: str, name: str, env: Mapping[str, str], *upstream: Stag
 # ---------------------------------------------------------------------------- clusters
 def _gpu_count() -> int:
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10,
+                             check=False)
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return 0
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
