@@ -51,6 +51,7 @@ def compile_cmd(recipe_file: str, out_dir: str) -> None:
     click.echo(f"compiled {recipe_file} -> {Path(out_dir) / 'dvc.yaml'}, "
                f"{Path(out_dir) / 'params.yaml'}: {len(pipeline.stages)} stages "
                f"({time.perf_counter() - t0:.2f} s); run `dvc repro`")
+    _notices(pipeline)
 
 
 @main.command()
@@ -67,6 +68,12 @@ def validate(recipe_file: str) -> None:
     click.echo(f"ok: recipe {pipeline.params['recipe']['name']!r}, "
                f"{len(space['attention'])} attention + {len(space['ffn'])} FFN variants, "
                f"{len(pipeline.stages)} stages")
+    _notices(pipeline)
+
+
+def _notices(pipeline) -> None:
+    for text in pipeline.notices:
+        click.echo(f"note: {text}", err=True)
 
 
 def _flat(tree, prefix: str = "") -> list[tuple[str, object]]:

@@ -54,7 +54,8 @@ recipe = Recipe(
     ),
     space=SearchSpace(
         attention=[GQA(kv_heads=3), GQA(kv_heads=1), LinearAttention(), NoOpAttention()],
-        ffn=[FFN(share=s) for s in (0.1, 0.25, 0.5, 0.75, 0.9)] + [LinearFFN(), NoOpFFN()],
+        # every width below the parent's 1536 on the readers' 256 grid
+        ffn=[FFN(size=s) for s in (256, 512, 768, 1024, 1280)] + [LinearFFN(), NoOpFFN()],
         keep_parent_layers=[0, -1],
     ),
     bld=BLD(tokens=16_384, batch_size=4, lr=5e-4, calibration_tokens=8_192),

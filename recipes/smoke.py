@@ -39,6 +39,7 @@ recipe = Recipe(
         attention=[GQA(kv_heads=1), NoOpAttention()],
         ffn=[FFN(share=0.5), NoOpFFN()],
         keep_parent_layers=[0],
+        ffn_grid=32,  # the tiny parent's FFN is 128 wide: below the readers' 256 (compile notes it)
     ),
     bld=BLD(tokens=1_024, batch_size=4, lr=1e-3, calibration_tokens=256, calibration_batch_size=4),
     scoring=Scoring(metric="kl", tokens=256, batch_size=4),

@@ -39,6 +39,12 @@ def test_validate_reports_the_space_and_stage_count():
     assert "ok: recipe 'smoke', 3 attention + 3 FFN variants, 19 stages" in result.output
 
 
+def test_validate_notes_children_that_other_readers_refuse():
+    result = CliRunner().invoke(main, ["validate", SMOKE])  # smoke: ffn_grid=32, tiny parent
+    assert result.exit_code == 0
+    assert "note: FFN widths [64, 128] are not multiples of 256" in result.stderr
+
+
 def test_invalid_recipe_exits_2_with_file_and_line(tmp_path):
     path = tmp_path / "bad.py"
     path.write_text("from puzzle_dsl.dsl.recipe import *\n"

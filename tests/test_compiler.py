@@ -82,20 +82,56 @@ def test_committed_root_pipeline_is_the_compiled_default_recipe():
 def test_variant_names_are_derived_from_the_resolved_variants():
     recipe = smol(space=SearchSpace(
         attention=[GQA(kv_heads=1), LinearAttention(), NoOpAttention()],
-        ffn=[FFN(share=s) for s in (0.1, 0.25, 0.5, 0.75, 0.9)] + [LinearFFN(), NoOpFFN()]))
+        ffn=[FFN(share=s) for s in (0.1, 0.3, 0.5, 0.7, 0.9)] + [LinearFFN(), NoOpFFN()]))
     space = build_pipeline(recipe).params["space"]
     assert sorted(space["attention"]) == ["attn_kv1", "attn_kv3", "attn_linear", "attn_noop"]
-    assert sorted(space["ffn"]) == ["ffn_i1152", "ffn_i128", "ffn_i1408", "ffn_i1536",
-                                    "ffn_i384", "ffn_i768", "ffn_linear", "ffn_noop"]
+    assert sorted(space["ffn"]) == ["ffn_i1024", "ffn_i1280", "ffn_i1536", "ffn_i256",
+                                    "ffn_i512", "ffn_i768", "ffn_linear", "ffn_noop"]
     assert space["attention"]["attn_kv1"]["n_heads_in_group"] == 9
 
 
-@pytest.mark.parametrize("share,parent,size", [(0.5, 1536, 768), (0.1, 1536, 128),
-                                               (0.9, 1536, 1408), (0.01, 1536, 64),
-                                               (1.0, 1536, 1536), (0.5, 128, 64),
-                                               (0.25, 128, 32)])
-def test_ffn_shares_round_to_the_nearest_multiple(share, parent, size):
-    assert ffn_size(share, parent) == size
+@pytest.mark.parametrize("share,parent,grid,size", [
+    (0.5, 1536, 256, 768), (0.1, 1536, 256, 256), (0.9, 1536, 256, 1280),
+    (0.01, 1536, 256, 256), (1.0, 1536, 256, 1536), (0.75, 14336, 256, 10752),
+    (0.5, 128, 32, 64), (0.25, 128, 32, 32), (0.1, 128, 32, 32)])
+def test_ffn_shares_round_to_the_nearest_multiple_of_the_grid(share, parent, grid, size):
+    assert ffn_size(share, parent, grid) == size
+
+
+def test_shares_that_meet_on_the_grid_are_one_variant():
+    with pytest.raises(CompileError, match="both resolve to ffn_i1280; FFN widths round to "
+                                           "multiples of ffn_grid=256"):
+        build_pipeline(smol(space=SearchSpace(ffn=[FFN(share=0.75), FFN(share=0.9)])))
+
+
+def test_ffn_size_off_the_grid_names_the_readers_that_refuse_it():
+    with pytest.raises(CompileError, match=r"size 1000 is not a multiple of ffn_grid=256: "
+                                           r"NVIDIA's DeciLM .* and llama.cpp's "
+                                           r"convert_hf_to_gguf.py .* refuse such widths; "
+                                           r"use size=768 or 1024"):
+        build_pipeline(smol(space=SearchSpace(ffn=[FFN(size=1000)])))
+
+
+def test_parent_ffn_off_the_grid_asks_for_a_smaller_grid():
+    recipe = Recipe(name="t", parent=Parent("tiny:0"), space=SearchSpace(ffn=[FFN(share=0.5)]))
+    with pytest.raises(CompileError, match=r"parent's FFN width 128 is not a multiple of "
+                                           r"ffn_grid=256.*SearchSpace\(ffn_grid=32\) \(such "
+                                           r"children are refused by NVIDIA's DeciLM"):
+        build_pipeline(recipe)
+
+
+def test_a_small_grid_compiles_and_says_which_readers_refuse_its_children():
+    recipe = Recipe(name="t", parent=Parent("tiny:0"),
+                    space=SearchSpace(ffn=[FFN(share=0.5)], ffn_grid=32))
+    pipeline = build_pipeline(recipe)
+    assert pipeline.params["space"]["ffn"]["ffn_i64"]["intermediate_size"] == 64
+    assert len(pipeline.notices) == 1
+    assert "FFN widths [64, 128] are not multiples of 256" in pipeline.notices[0]
+    assert "llama.cpp's convert_hf_to_gguf.py" in pipeline.notices[0]
+
+
+def test_a_space_on_the_reader_grid_compiles_without_notices():
+    assert build_pipeline(smol()).notices == []
 
 
 def test_parent_variants_are_always_in_the_space_at_every_layer():

@@ -44,13 +44,16 @@ from puzzle_dsl.dsl.recipe import (
     Variant,
     sanitize,
 )
-from puzzle_dsl.dsl.space import ParentShape, is_parent_variant, needs_training, parent_piece
+from puzzle_dsl.dsl.space import (
+    GRID_READERS,
+    READER_FFN_GRID,
+    ParentShape,
+    is_parent_variant,
+    needs_training,
+    parent_piece,
+)
 from puzzle_dsl.pipeline import layout
 
-# FFN shares resolve to the nearest multiple of FFN_MULTIPLE (at least one multiple, at most
-# the parent's size). Tiny parents (intermediate < 16 * 64) use intermediate // 16 instead so
-# that their shares stay distinct. SmolLM2: 0.1 -> 128, 0.25 -> 384, 0.5 -> 768, 0.9 -> 1408.
-FFN_MULTIPLE = 64
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 HEADER = "# Compiled from recipe {name!r} by `puzzle-dsl compile`: edit the recipe, not this file.\n"
 CODE_STAGE = "code"
@@ -97,6 +100,7 @@ class Pipeline:
     params: dict
     stages: list[Stage]
     code_root: Path
+    notices: list[str] = field(default_factory=list)  # true, not fatal: printed by the CLI
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -152,15 +156,27 @@ def _parent_params(recipe: Recipe, root: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- space
-def ffn_size(share: float, intermediate_size: int) -> int:
-    """Absolute FFN size for a share of the parent's (see FFN_MULTIPLE)."""
-    multiple = max(1, min(FFN_MULTIPLE, intermediate_size // 16))
-    size = multiple * math.floor(share * intermediate_size / multiple + 0.5)
-    return min(intermediate_size, max(multiple, size))
+def ffn_size(share: float, intermediate_size: int, grid: int) -> int:
+    """Absolute FFN width for a share of the parent's: the nearest multiple of `grid` (at
+    least one, at most the parent's). SmolLM2 (1536) on 256: 0.1 -> 256, 0.5 -> 768."""
+    size = grid * math.floor(share * intermediate_size / grid + 0.5)
+    return min(intermediate_size, max(grid, size))
 
 
-def variant_spec(v: Variant, shape: ParentShape) -> tuple[str, dict, str]:
-    """(subblock, spec without layers, derived name) of one variant."""
+def _check_grid(space: Node, shape: ParentShape) -> None:
+    """The parent's own FFN width must lie on the space's grid (children keep it)."""
+    grid, width = space.ffn_grid, shape.intermediate_size
+    if width % grid:
+        fit = next(g for g in (READER_FFN_GRID, 128, 64, 32, 16, 8, 4, 2, 1)
+                   if width % g == 0 and (g <= width // 4 or g == 1))
+        _fail(space, f"the parent's FFN width {width} is not a multiple of ffn_grid={grid}, so "
+                     f"children that keep it are off the grid: set SearchSpace(ffn_grid={fit})"
+                     + ("" if fit % READER_FFN_GRID == 0 else
+                        f" (such children are refused by {GRID_READERS})"))
+
+
+def variant_spec(v: Variant, shape: ParentShape, grid: int) -> tuple[str, dict, str]:
+    """(subblock, spec without layers, derived name) of one variant; FFN widths on `grid`."""
     if isinstance(v, GQA):
         heads, kv = shape.num_attention_heads, v.kv_heads
         if heads % kv:
@@ -176,10 +192,17 @@ def variant_spec(v: Variant, shape: ParentShape) -> tuple[str, dict, str]:
     if isinstance(v, NoOpAttention):
         return "attention", {"kind": "no_op"}, "attn_noop"
     if isinstance(v, FFN):
-        size = v.size if v.size is not None else ffn_size(v.share, shape.intermediate_size)
+        size = v.size if v.size is not None else ffn_size(v.share, shape.intermediate_size, grid)
         if size > shape.intermediate_size:
             _fail(v, f"size {size} is larger than the parent's FFN ({shape.intermediate_size});"
                      f" use a size <= {shape.intermediate_size} or a share in (0, 1]")
+        if size % grid:
+            low = size // grid * grid
+            fix = " or ".join(str(x) for x in (low, low + grid)
+                              if 0 < x <= shape.intermediate_size)
+            _fail(v, f"size {size} is not a multiple of ffn_grid={grid}"
+                     + (f": {GRID_READERS} refuse such widths" if grid % READER_FFN_GRID == 0
+                        else "") + f"; use size={fix} or a share")
         return "ffn", {"kind": "swiglu", "intermediate_size": size}, f"ffn_i{size}"
     if isinstance(v, LinearFFN):
         return "ffn", {"kind": "linear"}, "ffn_linear"
@@ -209,8 +232,10 @@ def resolve_space(recipe: Recipe, shape: ParentShape) -> dict:
     owner: dict[str, Node] = {}  # name -> the object that declared it
     parents = {sub: parent_piece(sub, shape) for sub in out}
     for sub, variants in (("attention", space.attention), ("ffn", space.ffn)):
+        if sub == "ffn":  # after the attention errors, in recipe order
+            _check_grid(space, shape)
         for v in variants:
-            _, spec, name = variant_spec(v, shape)
+            _, spec, name = variant_spec(v, shape, space.ffn_grid)
             name = sanitize(v.name) if v.name else name
             is_parent = is_parent_variant(sub, spec, shape)
             if is_parent and v.layers is not None:
@@ -219,8 +244,10 @@ def resolve_space(recipe: Recipe, shape: ParentShape) -> dict:
             same = [k for k, s in out[sub].items() if {**s, "layers": None} == {**spec,
                                                                                  "layers": None}]
             if same:
+                grid = (f"; FFN widths round to multiples of ffn_grid={space.ffn_grid}"
+                        if sub == "ffn" else "")
                 _fail(v, f"the same variant as {owner[same[0]]!r} at {owner[same[0]].origin} "
-                         f"(both resolve to {same[0]}): remove one")
+                         f"(both resolve to {same[0]}{grid}): remove one")
             if name in owner:
                 _fail(v, f"duplicate variant name {name!r} (also {owner[name]!r} at "
                          f"{owner[name].origin}): remove one or set name=")
@@ -248,12 +275,12 @@ def resolve_space(recipe: Recipe, shape: ParentShape) -> dict:
 
 
 def _find(space: dict, sub: str, v: Variant | None, shape: ParentShape, layer: int,
-          node: Node) -> str:
+          node: Node, grid: int) -> str:
     """Name of the space variant equal to `v` (None: the parent's), checked at `layer`."""
     if v is None:
         spec = None
     else:
-        _, spec, _ = variant_spec(v, shape)
+        _, spec, _ = variant_spec(v, shape, grid)
     for name, s in space[sub].items():
         core = {k: x for k, x in s.items() if k != "layers"}
         if (spec is None and is_parent_variant(sub, core, shape)) or core == spec:
@@ -281,8 +308,10 @@ def resolve_fixed(recipe: Recipe, shape: ParentShape, space: dict) -> list[dict]
         pairs = [(b.attention, b.ffn) for b in fixed.blocks]
     else:
         _fail(recipe.search, f"unknown fixed architecture {fixed!r}")
-    return [{"attention": _find(space, "attention", a, shape, i, fixed),
-             "ffn": _find(space, "ffn", f, shape, i, fixed)} for i, (a, f) in enumerate(pairs)]
+    grid = recipe.space.ffn_grid
+    return [{"attention": _find(space, "attention", a, shape, i, fixed, grid),
+             "ffn": _find(space, "ffn", f, shape, i, fixed, grid)}
+            for i, (a, f) in enumerate(pairs)]
 
 
 def resolve_baselines(recipe: Recipe, shape: ParentShape, space: dict) -> list[dict]:
@@ -294,7 +323,8 @@ def resolve_baselines(recipe: Recipe, shape: ParentShape, space: dict) -> list[d
     """
     out = []
     for b in recipe.search.baselines:
-        parent = {sub: _find(space, sub, None, shape, 0, b) for sub in ("attention", "ffn")}
+        parent = {sub: _find(space, sub, None, shape, 0, b, recipe.space.ffn_grid)
+                  for sub in ("attention", "ffn")}
         entry = {"name": sanitize(b.name), "parent": parent}
         if isinstance(b, DepthPruning):
             noop = {sub: next((k for k, v in sorted(space[sub].items()) if v["kind"] == "no_op"),
@@ -598,7 +628,19 @@ def build_pipeline(recipe: Recipe, root: str | Path = ".", shape: ParentShape | 
     external = {p for paths in _external_deps(params).values() for p in paths}
     ordered = check_graph(stages, external)
     code_root = Path(code_root) if code_root else default_code_root(root)
-    return Pipeline(recipe, shape, params, ordered, code_root)
+    return Pipeline(recipe, shape, params, ordered, code_root, engine_notices(params["space"]))
+
+
+def engine_notices(space: dict) -> list[str]:
+    """What the compiled space means for engines other than ours (off-grid FFN widths)."""
+    off = sorted({s["intermediate_size"] for s in space["ffn"].values()
+                  if s["kind"] == "swiglu" and s["intermediate_size"] % READER_FFN_GRID})
+    if not off:
+        return []
+    return [(f"FFN widths {off} are not multiples of {READER_FFN_GRID}: children using them "
+             f"load with this project's model code (transformers, trust_remote_code=True) and "
+             f"vLLM (its nemotron_nas.py reads intermediate_size where ffn_mult is absent), "
+             f"but {GRID_READERS} refuse them")]
 
 
 def _dvc_entry(stage: Stage) -> dict:

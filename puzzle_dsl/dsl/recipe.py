@@ -26,7 +26,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from puzzle_dsl.dsl.space import ParentShape
+from puzzle_dsl.dsl.space import READER_FFN_GRID, ParentShape
 
 __all__ = [
     "BLD", "FFN", "GKD", "GQA", "Absolute", "Benchmark", "Block", "Corpus", "DepthPruning",
@@ -450,6 +450,9 @@ class SearchSpace(Node):
     """Per-layer choices. The parent's own variants are always included.
 
     keep_parent_layers: layers (ints or ranges) that only the parent's variants may take.
+    ffn_grid: every FFN width is a multiple of it (shares round to the nearest). The default
+    256 is the grid Nemotron-NAS readers other than ours require; a smaller one (for parents
+    with small FFNs) gives children that those readers refuse, and the compiler says so.
     Example: SearchSpace(attention=[GQA(1), NoOpAttention()], ffn=[FFN(0.5), NoOpFFN()],
                          keep_parent_layers=[0, -1])
     """
@@ -457,6 +460,7 @@ class SearchSpace(Node):
     attention: tuple = ()
     ffn: tuple = ()
     keep_parent_layers: tuple = ()
+    ffn_grid: int = READER_FFN_GRID
 
     def _check(self) -> None:
         for v in self.attention:
@@ -469,6 +473,7 @@ class SearchSpace(Node):
                                             "NoOpAttention)")
         self._items("ffn", FFNS, "an FFN variant (FFN, LinearFFN, NoOpFFN)")
         self._layers("keep_parent_layers")
+        self._int("ffn_grid", 1)
 
 
 # ---------------------------------------------------------------------------- training / scoring

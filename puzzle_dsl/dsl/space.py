@@ -12,6 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SUBBLOCKS = ("attention", "ffn")
+# The FFN width grid of the Nemotron-NAS readers other than ours (the remote code's own copy
+# is nemotron_nas/configuration_nemotron_nas.py READER_FFN_GRID).
+READER_FFN_GRID = 256
+GRID_READERS = ("NVIDIA's DeciLM remote code (Model-Optimizer Puzzletron: asserts "
+                "intermediate_size % 256 == 0) and llama.cpp's convert_hf_to_gguf.py (derives "
+                "widths from ffn_mult, rounded up to a multiple of 256)")
 
 
 @dataclass(frozen=True)

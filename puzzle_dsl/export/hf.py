@@ -14,16 +14,15 @@ from pathlib import Path
 
 import yaml
 
+from puzzle_dsl.dsl.space import GRID_READERS, READER_FFN_GRID
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.pipeline.stage_graph import stage_graph
 
-FFN_GRID = 256  # Nemotron-NAS readers round 2 * ffn_mult * hidden / 3 up to a multiple of 256
-
 
 def off_grid_ffn_layers(config) -> list[tuple[int, int]]:
-    """(layer, intermediate size) of SwiGLU FFNs that the public ffn_mult-only readers cannot express."""
+    """(layer, intermediate size) of SwiGLU FFNs off the readers' 256 grid (no ffn_mult for them)."""
     sizes = ((i, config.ffn_intermediate_size(i)) for i in range(config.num_hidden_layers))
-    return [(i, s) for i, s in sizes if s is not None and s % FFN_GRID]
+    return [(i, s) for i, s in sizes if s is not None and s % READER_FFN_GRID]
 
 
 def linear_layers(config) -> list[tuple[int, str]]:
@@ -173,11 +172,10 @@ def model_card(*, title: str, recipe: str, solution: Mapping, model, eval_metric
     lines += ["", "## Serving notes", ""]
     off, lin = off_grid_ffn_layers(cfg), linear_layers(cfg)
     if off:
-        lines.append(f"- FFN widths off the Nemotron-NAS `ffn_mult` grid (multiples of {FFN_GRID} "
-                     "on the `2 * ffn_mult * hidden / 3` rule) in layers "
-                     + ", ".join(f"{i} ({s})" for i, s in off)
-                     + ": readers that only know `ffn_mult` (the public DeciLM config, vLLM, "
-                     "llama.cpp's converter) cannot rebuild them; this directory's own code can.")
+        lines.append(f"- FFN widths off the Nemotron-NAS `ffn_mult` grid (multiples of "
+                     f"{READER_FFN_GRID}) in layers " + ", ".join(f"{i} ({s})" for i, s in off)
+                     + f": {GRID_READERS} refuse them; this directory's own code reads them "
+                     "(and vLLM, which takes `intermediate_size` where `ffn_mult` is absent).")
     if lin:
         lines.append("- `replace_with_linear` in " + ", ".join(f"layer {i} {s}" for i, s in lin)
                      + ": vLLM cannot serve this model (it has no path for linear replacements).")

@@ -1,7 +1,8 @@
 """Save and load parents and children as HF directories (safetensors only, no remote code run).
 
-A child directory is self-contained: config.json (model_type nemotron-nas, block_configs,
-auto_map), model.safetensors, the two shipped model files, tokenizer, generation_config.
+A child directory is self-contained: config.json (model_type nemotron-nas, architectures
+DeciLMForCausalLM, block_configs, auto_map; the fields are described in
+nemotron_nas/configuration_nemotron_nas.py), model.safetensors, the two shipped model files, tokenizer, generation_config.
 `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` loads it anywhere;
 inside puzzle-dsl we always load through our own classes.
 """
@@ -26,6 +27,9 @@ AUTO_MAP = {
     "AutoModel": "modeling_nemotron_nas.NemotronNasModel",
     "AutoModelForCausalLM": "modeling_nemotron_nas.NemotronNasForCausalLM",
 }
+# the class name Nemotron-NAS engines (vLLM, TensorRT-LLM, llama.cpp's converter) dispatch on;
+# loading with trust_remote_code still goes through AUTO_MAP to our classes
+ARCHITECTURES = ("DeciLMForCausalLM",)
 # config.json keys that belong to the Llama class, not to the child
 _DROP_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
 
@@ -106,9 +110,10 @@ def save_child(model: NemotronNasForCausalLM, tokenizer: PreTrainedTokenizerBase
     out_dir = Path(out_dir)
     config = model.config
     config.auto_map = dict(AUTO_MAP)
-    config.architectures = ["NemotronNasForCausalLM"]
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        config.architectures = list(ARCHITECTURES)  # save_pretrained wrote our class name
+        config.save_pretrained(tmp)
         for name in CHILD_CODE_FILES:
             shutil.copyfile(CHILD_CODE_DIR / name, tmp / name)
         if tokenizer is not None:

@@ -143,13 +143,19 @@ def swapped(model: nn.Module, layer: int, subblock: str,
             if module is not None:
                 module = module.to(device=reference.device, dtype=reference.dtype)
             setattr(target, name, module)
-        config.block_configs[layer] = {**config.block_configs[layer],
-                                       subblock: _piece_of(block, subblock)}
+        _set_piece(config, layer, subblock, _piece_of(block, subblock))
         yield model
     finally:
         for name, module in saved.items():
             setattr(target, name, module)
-        config.block_configs[layer] = {**config.block_configs[layer], subblock: saved_piece}
+        _set_piece(config, layer, subblock, saved_piece)
+
+
+def _set_piece(config, layer: int, subblock: str, piece: dict) -> None:
+    """Replace one piece, assigning the whole list (the config normalises what it is given)."""
+    blocks = list(config.block_configs)
+    blocks[layer] = {**blocks[layer], subblock: piece}
+    config.block_configs = blocks
 
 
 def _piece_of(block: nn.ModuleDict | None, subblock: str) -> dict:
