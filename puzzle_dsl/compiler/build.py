@@ -393,6 +393,12 @@ def _tasks(tasks, root: Path) -> list[dict]:
             for t in tasks]
 
 
+def _timing(t) -> dict:
+    """A Timing node as params.yaml holds it (read back by puzzle_dsl.runtime.guard.Bounds)."""
+    return {"max_spread": t.max_spread, "max_wait": t.max_wait, "extra_rounds": t.extra_rounds,
+            "parent_ratio": None if t.parent_ratio is None else list(t.parent_ratio)}
+
+
 def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
     """The whole params.yaml as a dict (docs/design.md schema)."""
     r = recipe
@@ -425,7 +431,8 @@ def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
         "runtime": {"device": r.scenario.device, "dtype": r.scenario.dtype,
                     "batch_sizes": list(r.scenario.batch_sizes),
                     "prefill_len": r.scenario.prefill_len, "decode_len": r.scenario.decode_len,
-                    "warmup": r.scenario.warmup, "repeats": r.scenario.repeats},
+                    "warmup": r.scenario.warmup, "repeats": r.scenario.repeats,
+                    "timing": _timing(r.scenario.timing)},
         "search": {"objective": r.objective, "throughput": throughput,
                    "memory_gib": r.search.memory_gib, "latency_s": r.search.latency_s,
                    "max_params": r.search.max_params, "num_solutions": r.search.num_solutions,
@@ -439,10 +446,10 @@ def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
                                                "cosine_weight", "kl_weight", "lm_loss_weight",
                                                "seed", "checkpoint_every")},
         "evaluate": {"tasks": _tasks(r.evaluation.tasks, root), "limit": r.evaluation.limit,
-                     "batch_size": r.evaluation.batch_size,
-                     "benchmark": {k: getattr(r.evaluation.benchmark, k)
-                                   for k in ("batch_size", "prefill_len", "decode_len",
-                                             "repeats")}},
+                     "batch_size": r.evaluation.batch_size},
+        "benchmark": {**{k: getattr(r.evaluation.benchmark, k)
+                         for k in ("batch_size", "prefill_len", "decode_len", "repeats")},
+                      "timing": _timing(r.evaluation.benchmark.timing)},
         "report": {"children": [layout.solution_name(k) for k in range(
             1 if r.search.fixed else r.search.num_solutions)] + [sanitize(b.name)
                                                                  for b in r.search.baselines]},
