@@ -55,7 +55,7 @@ FFN_MULTIPLE = 64
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 HEADER = "# Compiled from recipe {name!r} by `puzzle-dsl compile`: edit the recipe, not this file.\n"
 PROGRAMS = ("parent", "corpus", "calibrate", "bld", "score", "influence", "runtime", "search",
-            "assemble", "gkd", "evaluate", "export", "report")
+            "assemble", "gkd", "evaluate", "benchmark", "export", "report")
 
 
 class CompileError(RecipeError):
@@ -530,11 +530,16 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
             Stage("evaluate", sol, f"evaluate {sol}", ["evaluate"],
                   [gkd, assembled, P, C, *ext["evaluate"]], [], [layout.eval_metrics(sol)]),
             Stage("export", sol, f"export {sol}", ["export", "recipe"],
-                  [gkd, layout.SEARCH_DIR, layout.eval_metrics(sol), layout.PARENT_EVAL_METRICS],
+                  [gkd, layout.SEARCH_DIR, layout.eval_metrics(sol), layout.PARENT_EVAL_METRICS,
+                   layout.BENCHMARK_METRICS],
                   [layout.export_dir(name, sol)]),
         ]
+    stages.append(Stage("benchmark", None, "time the parent and every child, interleaved",
+                        ["benchmark", "report"], [P, *(layout.gkd_dir(c) for c in children)],
+                        [], [layout.BENCHMARK_METRICS]))
     stages.append(Stage("report", None, "the results table of the parent and every child",
                         ["report"], [layout.PARENT_EVAL_METRICS, layout.SEARCH_METRICS,
+                                     layout.BENCHMARK_METRICS,
                                      *(layout.eval_metrics(c) for c in children)],
                         [layout.RESULTS_TABLE],
                         [layout.results_metrics(m) for m in ["parent", *children]]))
