@@ -78,6 +78,7 @@ class Stage:
     outs: list[str]
     metrics: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    runs_alone: bool = False  # it times things: the parallel scheduler runs nothing beside it
 
     @property
     def name(self) -> str:
@@ -510,7 +511,7 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
                             [], [P, C], influence))
     stages += [
         Stage("runtime", None, "measure every block's latency and memory", ["runtime", "space"],
-              [P], [layout.RUNTIME_DIR], [layout.RUNTIME_METRICS]),
+              [P], [layout.RUNTIME_DIR], [layout.RUNTIME_METRICS], runs_alone=True),
         Stage("search", None, "MIP: choose the children", ["search", "space"],
               [*scores, layout.RUNTIME_DIR, *influence], [layout.SEARCH_DIR],
               [layout.SEARCH_METRICS], [layout.SEARCH_PLOT]),
@@ -536,7 +537,7 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
         ]
     stages.append(Stage("benchmark", None, "time the parent and every child, interleaved",
                         ["benchmark", "report"], [P, *(layout.gkd_dir(c) for c in children)],
-                        [], [layout.BENCHMARK_METRICS]))
+                        [], [layout.BENCHMARK_METRICS], runs_alone=True))
     stages.append(Stage("report", None, "the results table of the parent and every child",
                         ["report"], [layout.PARENT_EVAL_METRICS, layout.SEARCH_METRICS,
                                      layout.BENCHMARK_METRICS,
@@ -699,6 +700,8 @@ def _dvc_entry(stage: Stage, code: list[str]) -> dict:
     for key in ("params", "outs", "metrics", "plots"):
         if getattr(stage, key):
             entry[key] = sorted(getattr(stage, key))
+    if stage.runs_alone:
+        entry["meta"] = {"runs_alone": True}  # read by puzzle_dsl.pipeline.repro
     return entry
 
 

@@ -3,9 +3,10 @@
 Each stage is reproduced by `dvc --wait-for-lock repro --single-item STAGE` once every stage
 it depends on has finished. DVC releases its repo lock while a stage's command runs and
 takes it again to record the result, so N such processes share one workspace, one cache,
-one `dvc.lock` and the run cache, and end in the state a serial `dvc repro` reaches. The only
-scheduling here is the stage graph of `dvc.yaml`: a stage starts once its inputs are made,
-the ones heading the longest remaining chains first.
+one `dvc.lock` and the run cache, and end in the state a serial `dvc repro` reaches. The
+scheduling is the stage graph of `dvc.yaml`: a stage starts once its inputs are made, the
+ones heading the longest remaining chains first; a stage with `meta: {runs_alone: true}`
+(the ones that time things) starts only when nothing else runs, and nothing starts beside it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,23 @@ def stage_graph(dvc_yaml: str | Path) -> dict[str, set[str]]:
     return graph
 
 
+def alone_stages(dvc_yaml: str | Path) -> set[str]:
+    """Stages marked `meta: {runs_alone: true}`: timings that other stages would disturb."""
+    stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages", {})
+    return {name for name, s in stages.items() if (s.get("meta") or {}).get("runs_alone")}
+
+
+def to_start(ready: list[str], running: set[str], jobs: int, alone: set[str]) -> list[str]:
+    """The stages of `ready` (highest priority first) to start now beside `running`."""
+    start: list[str] = []
+    for name in ready:
+        busy = running | set(start)
+        if len(busy) >= jobs or busy & alone or (name in alone and busy):
+            break  # a waiting runs-alone stage holds back the rest until the others drain
+        start.append(name)
+    return start
+
+
 def heights(graph: dict[str, set[str]]) -> dict[str, int]:
     """stage -> stages on the longest chain from it to the end (itself included): the
     critical-path priority, so the stages everything else waits on start first."""
@@ -99,7 +117,7 @@ def parallel_repro(root: str | Path = ".", jobs: int = 2, echo=print) -> list[St
     """
     root = Path(root)
     graph = stage_graph(root / "dvc.yaml")
-    priority = heights(graph)
+    priority, alone = heights(graph), alone_stages(root / "dvc.yaml")
     waiting = {name: set(deps) for name, deps in graph.items()}
     done: set[str] = set()
     results: list[StageResult] = []
@@ -108,10 +126,9 @@ def parallel_repro(root: str | Path = ".", jobs: int = 2, echo=print) -> list[St
         running: dict[Future, str] = {}
         while waiting or running:
             if not failed:
-                ready = [n for n, deps in waiting.items() if deps <= done]
-                for name in sorted(ready, key=lambda n: (-priority[n], n)):
-                    if len(running) >= jobs:
-                        break
+                ready = sorted((n for n, deps in waiting.items() if deps <= done),
+                               key=lambda n: (-priority[n], n))
+                for name in to_start(ready, set(running.values()), jobs, alone):
                     del waiting[name]
                     running[pool.submit(_repro_one, root, name)] = name
             if not running:
