@@ -51,7 +51,7 @@ def generation_benchmark(models: Mapping[str, torch.nn.Module], *, batch_size: i
 
     device = devices[parent]
     threads = 1 if device.startswith("cuda") else torch.get_num_threads()
-    m = measure_rounds(run_round, bounds, what="benchmark", where="Benchmark(timing=...)",
+    m = measure_rounds(run_round, bounds, what="benchmark", where="Benchmark",
                        threads=threads, check=check)
     tokens = batch_size * decode_len
     figures = {}

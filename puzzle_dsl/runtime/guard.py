@@ -95,7 +95,7 @@ def measure_rounds(run_round: Callable[[int], Round], bounds: Bounds, *, what: s
                    probe: Callable[[int], Probe] = Probe) -> Measured:
     """Rounds of `run_round(index)` until `bounds.repeats` kept rounds pass `check`.
 
-    `what` names the measurement and `where` the recipe field that bounds it, for the error;
+    `what` names the measurement and `where` the recipe object whose `timing` bounds it;
     `probe(threads)` brackets each round and yields its Load.
     """
     kept: list[tuple[Round, Load]] = []
@@ -135,10 +135,10 @@ def _message(what, where, bounds, total, kept, dropped, problems) -> str:
     if len(kept) < bounds.repeats:
         lines.append(f"- only {len(kept)} of the {bounds.repeats} rounds needed were usable.")
     lines += [f"- {p}." for p in problems]
-    lines.append(f"Fix: rerun when the machine is idle, or give the stage cores of its own "
-                 f"(e.g. `taskset -c 1 puzzle-dsl run-stage ...` with fewer torch threads); if "
-                 f"this noise is acceptable, widen the bounds in the recipe: {where}="
-                 f"Timing(max_spread=..., max_wait=..., parent_ratio=..., extra_rounds=...) "
+    lines.append(f"Fix: rerun when the machine is idle, or give the stage a core of its own "
+                 f"(e.g. `OMP_NUM_THREADS=1 taskset -c 1 puzzle-dsl run-stage ...`); if "
+                 f"this noise is acceptable, widen the bounds in the recipe: {where}(timing="
+                 f"Timing(max_spread=..., max_wait=..., parent_ratio=..., extra_rounds=...)) "
                  f"(None disables a check).")
     return "\n".join(lines)
 

@@ -354,7 +354,7 @@ def _measure_batch(benches: dict, named, sc: Scenario, b: int, parent_layers) ->
 
     threads = 1 if sc.device.startswith("cuda") else torch.get_num_threads()
     return measure_rounds(run_round, sc.bounds, what=f"runtime (batch {b})",
-                          where="Scenario(timing=...)", threads=threads, check=check)
+                          where="Scenario", threads=threads, check=check)
 
 
 def _predict_parent(rnd: dict, named, parent_layers, sc: Scenario) -> float:
