@@ -262,7 +262,7 @@ def _key(subblock: str, piece: dict) -> tuple:
     return (subblock, tuple(sorted(piece.items())))
 
 
-PARENT = ("parent",)  # the round key of the parent's own end-to-end generate
+PARENT_RUN = ("parent",)  # the round key of the parent's own end-to-end generate
 
 
 @dataclass
@@ -316,7 +316,7 @@ def measure_runtime(config, space: dict, sc: Scenario, extra: dict | None = None
             benches[("overhead", ph)] = bench
         if parent is not None:
             ids = random_prompt(parent.config.vocab_size, b, sc.prefill_len)
-            benches[PARENT] = generate_bench(parent, ids, sc.decode_len)
+            benches[PARENT_RUN] = generate_bench(parent, ids, sc.decode_len)
         m = _measure_batch(benches, named, sc, b, parent_layers if parent is not None else None)
         for subblock, name, piece in named:
             pbytes = block_param_bytes(config, subblock, piece, dtype)
@@ -367,7 +367,7 @@ def _medians(window: list[dict]) -> dict:
 
 def _parent_problems(window, named, parent_layers, sc: Scenario, b: int) -> list[str]:
     bounds = sc.bounds
-    measured = [r[PARENT] for r in window]
+    measured = [r[PARENT_RUN] for r in window]
     predicted = [_predict_parent(r, named, parent_layers, sc) for r in window]
     problems = [spread_problem(f"the parent's generate at batch {b}", measured, bounds),
                 spread_problem(f"the parent's summed block latencies at batch {b}", predicted,
@@ -383,7 +383,7 @@ def _parent_problems(window, named, parent_layers, sc: Scenario, b: int) -> list
 
 
 def _parent_summary(m: Measured, named, parent_layers, sc: Scenario, b: int) -> dict:
-    t, spread, n = m.stats(PARENT)
+    t, spread, n = m.stats(PARENT_RUN)
     predicted = [_predict_parent(r, named, parent_layers, sc) for r in m.rounds]
     pred = _predict_parent(_medians(m.rounds), named, parent_layers, sc)
     tokens = b * sc.decode_len
