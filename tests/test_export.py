@@ -148,7 +148,7 @@ def test_model_card_shows_the_speedup_with_its_spread_and_flags_load(pipeline):
     fig = bench["models"]["sol0"]
     assert f"Measured speedup: **{fig['speedup']:.2f} ± {fig['speedup_spread']:.2f}" in card
     assert "median ± IQR of 2 interleaved rounds" in card
-    bench["conditions"] |= {"under_load": True, "others_cores": 1.5, "cores": 2}
+    bench["conditions"] |= {"under_load": True, "others_cores": 1.5, "cores_allowed": 2}
     loaded = model_card(title="t", recipe="tiny", solution={"name": "sol0"},
                         model=load_child(pipeline / layout.gkd_dir("sol0"))[0], eval_metrics={},
                         parent_metrics={}, lock={}, benchmark=bench)

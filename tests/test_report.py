@@ -24,7 +24,7 @@ def bench(under_load: bool = False, **speedups: float) -> dict:
     return {"models": models, "settings": {"batch_size": 16, "prefill_len": 128,
                                            "decode_len": 128, "repeats": 3},
             "conditions": {"rounds": 3, "under_load": under_load, "others_cores": 1.2,
-                           "cores": 2, "wait_share": 0.05, "loadavg_max": 2.5, "threads": 1,
+                           "cores_allowed": 2, "wait_share": 0.05, "loadavg_max": 2.5, "threads": 1,
                            "cpu": "some CPU", "torch": "2.x", "engine": "transformers"}}
 
 

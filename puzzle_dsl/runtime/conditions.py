@@ -119,7 +119,8 @@ def summarize(loads: Sequence[Load]) -> dict:
     wall = sum(x.wall_s for x in loads)
     waits = [x.wait_share for x in loads if x.wait_share is not None]
     others = sum(x.others_cpu_s for x in loads)
-    out = {"wall_s": wall, "cores": loads[0].cores if loads else None, "others_cpu_s": others,
+    out = {"wall_s": wall, "cores_allowed": loads[0].cores if loads else None,
+           "others_cpu_s": others,
            "others_cores": others / wall if wall else 0.0,
            "wait_share": (sum(x.wait_s for x in loads if x.wait_s is not None)
                           / sum(x.wall_s * max(1, x.threads) for x in loads)) if waits else None,
@@ -135,7 +136,7 @@ def describe(conditions: dict) -> str:
     """One line for logs, tables and model cards."""
     wait = conditions.get("wait_share")
     return (f"other processes used {conditions['others_cores']:.2f} of "
-            f"{conditions.get('cores', '?')} cores on average"
+            f"{conditions.get('cores_allowed', '?')} cores on average"
             + (f", the timed threads waited {wait:.1%} of the time for a CPU" if wait is not None
                else "")
             + f", load average up to {conditions.get('loadavg_max') or 0:.2f}")
