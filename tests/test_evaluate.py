@@ -65,6 +65,25 @@ def test_benchmark_times_every_model_and_gives_a_ratio(parent):
     assert bench["models"]["child"]["speedup"] > 0 and "speedup" not in bench["models"]["parent"]
 
 
+def test_benchmark_under_a_cpu_burner_on_its_core_refuses_or_matches_idle(parent, one_core):
+    """The benchmark shares its core with a CPU burner: it must refuse, or give a parent time
+    within max_spread of the idle one (this thread's CPU time, blind to other processes)."""
+    from puzzle_dsl.runtime.guard import NoisyTiming
+    from puzzle_dsl.runtime.measure import time_generate
+
+    idle = time_generate(parent, 2, 16, 16, "cpu", warmup=1, repeats=3, clock="cpu")[0]
+    timing = {"max_spread": 0.25, "max_wait": 0.1, "extra_rounds": 3}
+    with one_core():
+        try:
+            bench = generation_benchmark({"parent": parent, "child": parent}, batch_size=2,
+                                         prefill_len=16, decode_len=16, repeats=3,
+                                         timing=timing)
+        except NoisyTiming as refused:
+            assert "benchmark" in str(refused) and "Benchmark(timing=" in str(refused)
+            return
+    assert bench["models"]["parent"]["time_s"] == pytest.approx(idle, rel=0.25)
+
+
 def test_benchmark_needs_the_parent(parent):
     with pytest.raises(ValueError, match="needs the parent"):
         generation_benchmark({"child": parent}, batch_size=1, prefill_len=4, decode_len=2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -152,24 +151,12 @@ def test_bad_runtime_dtype_is_a_clear_error():
 
 
 # ---------------------------------------------------------------- a busy machine
-BURN = """import os, sys, time
-os.sched_setaffinity(0, {int(sys.argv[1])})
-print("burning", flush=True)
-end = time.time() + float(sys.argv[2])
-while time.time() < end:
-    pass
-"""
-
-
 def test_runtime_under_a_cpu_burner_on_its_core_refuses_or_matches_idle(
-        tiny_parent_dir, tmp_path, monkeypatch):
+        tiny_parent_dir, tmp_path, monkeypatch, one_core):
     """The stage and a CPU burner share one core (bounded to 60 s, killed in a finally). The
     stage must refuse (NoisyTiming) or write a parent figure within its stated tolerance
     (max_spread) of the idle one. Idle = this thread's CPU time with one torch thread, which
     other processes cannot inflate, so the test holds on a loaded machine and an idle one."""
-    import subprocess
-    import sys
-
     from puzzle_dsl.dsl.space import parent_piece
     from puzzle_dsl.model.checkpoint import load_parent
     from puzzle_dsl.model.library import parent_shape_of
@@ -183,22 +170,14 @@ def test_runtime_under_a_cpu_burner_on_its_core_refuses_or_matches_idle(
                 "decode_len": 16, "warmup": 1, "repeats": 3}
     timing = {"max_spread": 0.25, "max_wait": 0.1, "parent_ratio": [0.5, 2.0],
               "extra_rounds": 3}
-    affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
-    core = min(affinity)
-    burner = None
-    try:
-        os.sched_setaffinity(0, {core})
-        torch.set_num_threads(1)
-        model, _ = load_parent(layout.PARENT_DIR)
-        sc = dataclasses.replace(Scenario.from_params({**scenario, "timing": UNCHECKED}),
-                                 clock="cpu")
-        shape = parent_shape_of(model.config)
-        extra = {sub: {"(parent)": parent_piece(sub, shape)} for sub in ("attention", "ffn")}
-        layers = [{"attention": "(parent)", "ffn": "(parent)"}] * model.config.num_hidden_layers
-        idle = measure_runtime(model.config, STAGE_SPACE, sc, extra, model, layers).parent["2"]
-        burner = subprocess.Popen([sys.executable, "-c", BURN, str(core), "60"],
-                                  stdout=subprocess.PIPE, text=True)
-        assert burner.stdout.readline().strip() == "burning"
+    model, _ = load_parent(layout.PARENT_DIR)
+    sc = dataclasses.replace(Scenario.from_params({**scenario, "timing": UNCHECKED}),
+                             clock="cpu")
+    shape = parent_shape_of(model.config)
+    extra = {sub: {"(parent)": parent_piece(sub, shape)} for sub in ("attention", "ffn")}
+    layers = [{"attention": "(parent)", "ffn": "(parent)"}] * model.config.num_hidden_layers
+    idle = measure_runtime(model.config, STAGE_SPACE, sc, extra, model, layers).parent["2"]
+    with one_core():
         try:
             _runtime_stage().main({"runtime": {**scenario, "timing": timing},
                                    "space": STAGE_SPACE}, None)
@@ -206,11 +185,5 @@ def test_runtime_under_a_cpu_burner_on_its_core_refuses_or_matches_idle(
             assert "waited for a CPU" in str(refused) or "varied by" in str(refused)
             assert not (tmp_path / layout.RUNTIME_DIR).exists()  # nothing half-written
             return
-        busy = json.loads((tmp_path / layout.RUNTIME_DIR / "parent.json").read_text())["2"]
-        assert busy["time_s"] == pytest.approx(idle["time_s"], rel=timing["max_spread"])
-    finally:
-        if burner is not None:
-            burner.kill()
-            burner.wait()
-        os.sched_setaffinity(0, affinity)
-        torch.set_num_threads(threads)
+    busy = json.loads((tmp_path / layout.RUNTIME_DIR / "parent.json").read_text())["2"]
+    assert busy["time_s"] == pytest.approx(idle["time_s"], rel=timing["max_spread"])
