@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from puzzle_dsl.evaluate.measures import generation_benchmark
+from puzzle_dsl.evaluate.benchmark import generation_benchmark
 from puzzle_dsl.model.checkpoint import load_child, load_parent
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.search.constraints import load_problem, load_runtime, predict
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())
-    space, bench = params["space"], params["evaluate"]["benchmark"]
+    space, bench = params["space"], params["benchmark"]
     problem = load_problem(space, "kl")
     rt = unscaled_runtime(space, params["runtime"])
     solutions = json.loads((Path(layout.SEARCH_DIR) / "solutions.json").read_text())["solutions"]
@@ -56,7 +56,8 @@ def main() -> None:
         choices[sol["name"]] = tuple((x["attention"], x["ffn"]) for x in sol["layers"])
     batch = bench["batch_size"]
     measured = generation_benchmark(models, batch_size=batch, prefill_len=bench["prefill_len"],
-                                    decode_len=bench["decode_len"], repeats=args.repeats)
+                                    decode_len=bench["decode_len"], repeats=args.repeats,
+                                    timing=bench.get("timing"))["models"]
     for name, choice in choices.items():
         pred = predict(rt, problem, choice, batch)["time_s"]
         meas = measured[name]["time_s"]

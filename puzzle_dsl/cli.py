@@ -145,10 +145,11 @@ def fingerprint(programs: tuple[str, ...], root: str) -> None:
 def run_stage_cmd(name: str, item: str | None, root: str) -> None:
     """Run stage NAME [ITEM] of dvc.yaml (what `dvc repro` calls; also runs by hand)."""
     from puzzle_dsl.pipeline.run_stage import StageError, run_stage
+    from puzzle_dsl.runtime.guard import NoisyTiming
 
     try:
         run_stage(name, item, root)
-    except StageError as exc:
+    except (StageError, NoisyTiming) as exc:  # NoisyTiming: timings refused, message says why
         _fail(exc)
 
 

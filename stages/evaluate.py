@@ -1,8 +1,8 @@
-"""evaluate-parent / evaluate-solK: held-out KL and perplexity, lm-eval tasks, measured speedup.
+"""evaluate-parent / evaluate-solK: held-out KL and perplexity, lm-eval tasks (quality only).
 
 The parent and every child are evaluated the same way. For a child both the assembled model
-(before GKD: KL and perplexity) and the distilled one (after: also the tasks) are scored; the
-distilled child's generation is timed against the parent's in the same process, interleaved.
+(before GKD: KL and perplexity) and the distilled one (after: also the tasks) are scored.
+Speed is the `benchmark` stage's: every model timed together, once per run.
 """
 
 from __future__ import annotations
@@ -11,27 +11,18 @@ from pathlib import Path
 
 from puzzle_dsl.pipeline.atomic import write_json
 
-DEFAULT_BENCH = {"batch_size": 16, "prefill_len": 128, "decode_len": 128, "repeats": 1}
-
 
 def main(params: dict, item: str | None) -> None:
     import numpy as np
     import torch
 
-    from puzzle_dsl.evaluate.measures import (
-        generation_benchmark,
-        model_facts,
-        speedup,
-        task_scores,
-        text_metrics,
-    )
+    from puzzle_dsl.evaluate.measures import model_facts, task_scores, text_metrics
     from puzzle_dsl.model.checkpoint import load_child, load_parent
     from puzzle_dsl.pipeline import layout
 
     if not item:
         raise ValueError("evaluate needs an item: `parent` or a solution name such as `sol0`")
     ev = params["evaluate"]
-    bench_cfg = {**DEFAULT_BENCH, **(ev.get("benchmark") or {})}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     parent, tokenizer = load_parent(layout.PARENT_DIR)
     models = {"parent": parent.to(device)}
@@ -48,15 +39,9 @@ def main(params: dict, item: str | None) -> None:
                                                batch_size=ev.get("batch_size", 8))}
                          if name == tasked else {})}
                for name, m in models.items() if name != "parent" or item == "parent"}
-    timed = {"parent": parent} if item == "parent" else {"parent": parent, "child": models["gkd"]}
-    bench = generation_benchmark(timed, **bench_cfg)
     if item == "parent":
-        write_json(layout.PARENT_EVAL_METRICS, {**results["parent"],
-                                                 "benchmark": {**bench["parent"],
-                                                               "settings": bench_cfg}})
+        write_json(layout.PARENT_EVAL_METRICS, results["parent"])
         return
     metrics = {"assembled": results["assembled"], "gkd": results["gkd"],
-               "parent": {**text["parent"], **model_facts(parent)},
-               "benchmark": {**bench, "settings": bench_cfg},
-               "speedup": speedup(bench, "child", "parent"), "device": str(device)}
+               "parent": {**text["parent"], **model_facts(parent)}, "device": str(device)}
     write_json(layout.eval_metrics(item), metrics)

@@ -26,8 +26,13 @@ def main(params: dict, item: str | None) -> None:
     eval_metrics = _read_json(layout.eval_metrics(item))
     if not eval_metrics:
         raise FileNotFoundError(f"{layout.eval_metrics(item)} is missing: run evaluate-{item}")
+    benchmark = _read_json(layout.BENCHMARK_METRICS)
+    if item not in benchmark.get("models", {}):
+        raise FileNotFoundError(f"{layout.BENCHMARK_METRICS} has no figure for {item}: run the "
+                                "benchmark stage")
     export_child(layout.gkd_dir(item), layout.export_dir(recipe, item),
                  title=params["export"].get("register_name") or f"{recipe}-{item}",
                  recipe=recipe, solution=solution, eval_metrics=eval_metrics,
                  parent_metrics=_read_json(layout.PARENT_EVAL_METRICS),
-                 lock=lock_hashes("dvc.lock", item), source=parent_source("dvc.lock"))
+                 lock=lock_hashes("dvc.lock", item), source=parent_source("dvc.lock"),
+                 benchmark=benchmark)

@@ -1,6 +1,6 @@
 """Stage `report`: the results table of the parent and every child.
 
-Reads metrics/eval/*.json and metrics/search.json; writes metrics/results/MODEL.json for the
+Reads metrics/eval/*.json, metrics/benchmark.json and metrics/search.json; writes metrics/results/MODEL.json for the
 parent and each child (measured and predicted speedup, size, KV bytes per token, KL,
 perplexity, task accuracies, average and retained accuracy), so `dvc metrics show
 metrics/results` prints the table, and artifacts/report/results.md (the same in Markdown).
@@ -24,9 +24,10 @@ def main(params: dict, item: str | None) -> None:
         return json.loads(Path(path).read_text())
 
     children = params["report"]["children"]
+    bench = read(layout.BENCHMARK_METRICS)
     rows = results_table(read(layout.PARENT_EVAL_METRICS),
                          {c: read(layout.eval_metrics(c)) for c in children},
-                         read(layout.SEARCH_METRICS))
+                         read(layout.SEARCH_METRICS), bench)
     for model, row in rows.items():
         write_json(layout.results_metrics(model), row)
-    write_text(layout.RESULTS_TABLE, markdown(rows))
+    write_text(layout.RESULTS_TABLE, markdown(rows, bench))

@@ -2,21 +2,25 @@
 
 Reads artifacts/parent/ (its config for block shapes; its weights for the end-to-end run).
 Writes artifacts/runtime/ (runtime.parquet, parent.json, hardware.json) and metrics/runtime.json.
-parent.json per batch size: the parent's measured `generate` (generation_tokens_per_s,
-time_s) and `predicted_time_s` from its own blocks' rows, to show how well sums predict.
+Every figure, and the parent's own `generate`, is timed in the same interleaved rounds, which
+guard themselves (puzzle_dsl.runtime.guard): contended rounds are dropped, and a table whose
+spread or parent measured / predicted ratio stays out of the recipe's bounds is refused.
+parent.json per batch size: the parent's measured generation (generation_tokens_per_s,
+time_s, time_spread_s) and `predicted_time_s` from its own blocks' rows; hardware.json the
+machine, the scenario and the conditions of each batch's rounds (load, waits, other CPU).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from puzzle_dsl.pipeline import layout
+from puzzle_dsl.pipeline.atomic import write_json
 
 PARENT = "(parent)"  # internal name of the parent's own pieces; never a valid variant name
 
 
 def main(params: dict, item: str | None) -> None:
+    import json
+
     import polars as pl
     import torch
 
@@ -24,13 +28,8 @@ def main(params: dict, item: str | None) -> None:
     from puzzle_dsl.model.checkpoint import load_parent
     from puzzle_dsl.model.library import parent_shape_of
     from puzzle_dsl.pipeline.atomic import atomic_dir
-    from puzzle_dsl.runtime.measure import (
-        Scenario,
-        hardware_info,
-        measure_table,
-        predict_generation_s,
-        time_generate,
-    )
+    from puzzle_dsl.runtime.conditions import describe, machine_info
+    from puzzle_dsl.runtime.measure import Scenario, measure_runtime
 
     sc = Scenario.from_params(params["runtime"])
     space = {sub: {name: spec for name, spec in (params["space"].get(sub) or {}).items()}
@@ -40,31 +39,31 @@ def main(params: dict, item: str | None) -> None:
     model = model.to(sc.device)
     config, shape = model.config, parent_shape_of(model.config)
     extra = {sub: {PARENT: parent_piece(sub, shape)} for sub in ("attention", "ffn")}
-    rows = measure_table(config, space, sc, extra)
-    parent_layers = [{"attention": PARENT, "ffn": PARENT}] * config.num_hidden_layers
-    parent = {}
-    for b in sc.batch_sizes:
-        t = time_generate(model, b, sc.prefill_len, sc.decode_len, sc.device, warmup=1,
-                          repeats=1, clock=sc.clock)[0]
-        predicted = predict_generation_s(rows, parent_layers, b, sc.decode_len)
-        parent[str(b)] = {"generation_tokens_per_s": b * sc.decode_len / t, "time_s": t,
-                          "predicted_time_s": predicted}
-    table = pl.DataFrame([r for r in rows if r["variant"] != PARENT],
+    layers = [{"attention": PARENT, "ffn": PARENT}] * config.num_hidden_layers
+    m = measure_runtime(config, space, sc, extra, parent=model, parent_layers=layers)
+    table = pl.DataFrame([r for r in m.rows if r["variant"] != PARENT],
                          schema={"subblock": pl.String, "variant": pl.String,
                                  "batch_size": pl.Int64, "phase": pl.String,
                                  "latency_s": pl.Float64, "spread_s": pl.Float64,
                                  "repeats": pl.Int64, "param_bytes": pl.Int64,
                                  "kv_bytes_per_token": pl.Int64})
-    hardware = {**hardware_info(sc.device), "dtype": sc.dtype, "prefill_len": sc.prefill_len,
-                "decode_len": sc.decode_len, "batch_sizes": list(sc.batch_sizes)}
+    hardware = {**machine_info(sc.device), "dtype": sc.dtype, "prefill_len": sc.prefill_len,
+                "decode_len": sc.decode_len, "batch_sizes": list(sc.batch_sizes),
+                "conditions": m.conditions}
     with atomic_dir(layout.RUNTIME_DIR) as tmp:
         table.write_parquet(tmp / "runtime.parquet")
-        (tmp / "parent.json").write_text(json.dumps(parent, indent=2))
+        (tmp / "parent.json").write_text(json.dumps(m.parent, indent=2))
         (tmp / "hardware.json").write_text(json.dumps(hardware, indent=2))
-    metrics = {f"parent_tokens_per_s_b{b}": v["generation_tokens_per_s"] for b, v in parent.items()}
-    metrics.update({f"parent_prediction_error_b{b}": v["predicted_time_s"] / v["time_s"] - 1
-                    for b, v in parent.items()})
-    Path(layout.RUNTIME_METRICS).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(layout.RUNTIME_METRICS).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(layout.RUNTIME_METRICS)
+    metrics = {}
+    for b, v in m.parent.items():
+        cond = m.conditions[b]
+        print(f"runtime batch {b}: parent {v['generation_tokens_per_s']:.1f} tokens/s "
+              f"(spread {v['time_spread_s'] / v['time_s']:.1%}), measured / predicted "
+              f"{v['measured_over_predicted']:.3f}; {describe(cond)}", flush=True)
+        metrics |= {f"parent_tokens_per_s_b{b}": v["generation_tokens_per_s"],
+                    f"parent_time_spread_b{b}": v["time_spread_s"] / v["time_s"],
+                    f"parent_prediction_error_b{b}": v["predicted_time_s"] / v["time_s"] - 1,
+                    f"others_cores_b{b}": cond["others_cores"],
+                    f"wait_share_b{b}": cond["wait_share"],
+                    f"under_load_b{b}": cond["under_load"]}
+    write_json(layout.RUNTIME_METRICS, metrics)

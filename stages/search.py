@@ -21,8 +21,7 @@ from pathlib import Path
 
 from puzzle_dsl.dsl.space import block_piece
 from puzzle_dsl.pipeline import layout
-from puzzle_dsl.report import plots
-from puzzle_dsl.search import mip
+from puzzle_dsl.search import mip, plots
 from puzzle_dsl.search.constraints import (
     GIB,
     Runtime,

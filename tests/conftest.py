@@ -42,6 +42,47 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# ---------------------------------------------------------------- a busy core
+BURN = """import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+print("burning", flush=True)
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    pass
+"""
+
+
+@pytest.fixture
+def one_core():
+    """Pins this test to one core with one torch thread; yields `burn()`, a context manager
+    that runs a CPU burner on that same core (bounded to 60 s, killed in a finally)."""
+    import contextlib
+
+    import torch
+
+    affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    core = min(affinity)
+
+    @contextlib.contextmanager
+    def burn():
+        burner = subprocess.Popen([sys.executable, "-c", BURN, str(core), "60"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert burner.stdout.readline().strip() == "burning"
+            yield
+        finally:
+            burner.kill()
+            burner.wait()
+
+    os.sched_setaffinity(0, {core})
+    torch.set_num_threads(1)
+    try:
+        yield burn
+    finally:
+        os.sched_setaffinity(0, affinity)
+        torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- real DVC pipelines
 
 

@@ -15,9 +15,9 @@ RANKS = {
     "pipeline": 1, "tracking": 1,  # stage infrastructure
     "compiler": 2,                 # recipe -> dvc.yaml + params.yaml (no torch)
     "model": 3,                    # the child, checkpoints, parent import, block library
-    "train": 4, "tasks": 4, "report": 4,
+    "train": 4, "tasks": 4,
     "corpus": 5, "bld": 6, "score": 7, "runtime": 8, "search": 9, "gkd": 10, "evaluate": 11,
-    "export": 12,                  # the method steps, in pipeline order
+    "report": 12, "export": 13,    # the method steps, in pipeline order
 }
 
 

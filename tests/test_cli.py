@@ -30,13 +30,13 @@ def test_compile_writes_the_pipeline_into_the_out_dir(tmp_path):
     result = run("compile", SMOKE, "-o", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "dvc.yaml").is_file() and (tmp_path / "params.yaml").is_file()
-    assert "19 stages" in result.output
+    assert "20 stages" in result.output
 
 
 def test_validate_reports_the_space_and_stage_count():
     result = run("validate", SMOKE)
     assert result.exit_code == 0
-    assert "ok: recipe 'smoke', 3 attention + 3 FFN variants, 19 stages" in result.output
+    assert "ok: recipe 'smoke', 3 attention + 3 FFN variants, 20 stages" in result.output
 
 
 def test_validate_notes_children_that_other_readers_refuse():

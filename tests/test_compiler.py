@@ -197,6 +197,7 @@ def test_each_stage_declares_only_its_own_params():
     assert stages["gkd-sol1"] == ["gkd"]
     assert stages["evaluate-parent"] == stages["evaluate-sol2"] == ["evaluate"]
     assert stages["export-sol0"] == ["export", "recipe"]
+    assert stages["benchmark"] == ["benchmark", "report"]
 
 
 def test_one_stage_per_variant_and_per_solution_not_per_layer():
@@ -205,7 +206,17 @@ def test_one_stage_per_variant_and_per_solution_not_per_layer():
     assert len([n for n in names if n.startswith("score-")]) == 6  # parent variants too
     for program in ("assemble", "gkd", "evaluate", "export"):
         assert {f"{program}-sol{k}" for k in range(3)} <= set(names)
-    assert len(names) == 3 + 2 + 6 + 3 + 3 * 4 + 1  # + report
+    assert len(names) == 3 + 2 + 6 + 3 + 3 * 4 + 2  # + benchmark, report
+
+
+def test_one_benchmark_times_the_parent_and_every_child_for_report_and_export():
+    stages = {s.name: s for s in build_pipeline(smol()).stages}
+    bench = stages["benchmark"]
+    assert {layout.PARENT_DIR, *(layout.gkd_dir(f"sol{k}") for k in range(3))} <= set(bench.deps)
+    assert bench.metrics == [layout.BENCHMARK_METRICS]
+    assert layout.BENCHMARK_METRICS in stages["report"].deps
+    assert layout.BENCHMARK_METRICS in stages["export-sol1"].deps
+    assert layout.BENCHMARK_METRICS not in stages["evaluate-sol1"].deps  # quality only
 
 
 def test_only_pruned_ffns_depend_on_calibration():
@@ -223,9 +234,12 @@ def test_no_calibration_stage_without_pruned_ffns():
 
 def test_params_follow_the_design_schema():
     params = build_pipeline(smol()).params
-    assert sorted(params) == ["bld", "calibrate", "corpus", "evaluate", "export", "gkd",
-                              "parent", "recipe", "report", "runtime", "score", "search",
+    assert sorted(params) == ["benchmark", "bld", "calibrate", "corpus", "evaluate", "export",
+                              "gkd", "parent", "recipe", "report", "runtime", "score", "search",
                               "space"]
+    timing = {"max_spread": 0.1, "max_wait": 0.1, "parent_ratio": [0.5, 2.0], "extra_rounds": 4}
+    assert params["runtime"]["timing"] == timing
+    assert params["benchmark"]["timing"] == {**timing, "parent_ratio": None}
     assert params["search"]["throughput"] == {"relative": 2.0}
     assert params["corpus"]["tokens"] == {"train": 2_000_000, "score": 65_536, "valid": 65_536}
     assert params["export"] == {"register_name": "puzzle-t"}

@@ -167,7 +167,7 @@ def test_adding_baselines_runs_influence_search_onward_and_only_the_new_children
         table = (pipe.root / layout.RESULTS_TABLE).read_text()
     children = {f"{p}-{c}" for p in ("assemble", "gkd", "evaluate", "export")
                 for c in ("uniform", "depth")}
-    assert children | {"influence", "search", "report"} <= ran
+    assert children | {"influence", "search", "benchmark", "report"} <= ran
     # the solution's own GKD and evaluation are untouched: its architecture did not change
     assert not ran & {"gkd-sol0", "evaluate-sol0", "runtime", "evaluate-parent"}
     assert not ran & {s.name for s in pipe.pipeline.stages if s.program in ("bld", "score")}

@@ -1,4 +1,5 @@
-"""Evaluation: held-out KL / perplexity and the generation benchmark (puzzle_dsl/evaluate/measures.py)."""
+"""Evaluation: held-out KL / perplexity (evaluate/measures.py) and the generation benchmark
+(evaluate/benchmark.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from puzzle_dsl.evaluate.measures import generation_benchmark, model_facts, speedup, text_metrics
+from puzzle_dsl.evaluate.benchmark import generation_benchmark
+from puzzle_dsl.evaluate.measures import model_facts, text_metrics
 from puzzle_dsl.model.checkpoint import load_parent
 
 
@@ -51,13 +53,40 @@ def test_perturbed_model_has_positive_kl(tiny_parent_dir, parent):
     assert m["kl"] > 1e-4
 
 
+UNCHECKED = {"max_spread": None, "max_wait": None, "parent_ratio": None}
+
+
 def test_benchmark_times_every_model_and_gives_a_ratio(parent):
     bench = generation_benchmark({"parent": parent, "child": parent}, batch_size=2,
-                                 prefill_len=8, decode_len=4, repeats=2)
-    for b in bench.values():
-        assert b["time_s"] > 0
+                                 prefill_len=8, decode_len=4, repeats=2, timing=UNCHECKED)
+    for b in bench["models"].values():
+        assert b["time_s"] > 0 and b["rounds"] == 2
         assert b["generation_tokens_per_s"] == pytest.approx(2 * 4 / b["time_s"])
-    assert speedup(bench) > 0
+    assert bench["models"]["child"]["speedup"] > 0 and "speedup" not in bench["models"]["parent"]
+
+
+def test_benchmark_under_a_cpu_burner_on_its_core_refuses_or_matches_idle(parent, one_core):
+    """The benchmark shares its core with a CPU burner: it must refuse, or give a parent time
+    within max_spread of the idle one (this thread's CPU time, blind to other processes)."""
+    from puzzle_dsl.runtime.guard import NoisyTiming
+    from puzzle_dsl.runtime.measure import time_generate
+
+    idle = time_generate(parent, 2, 16, 16, "cpu", warmup=1, repeats=3, clock="cpu")[0]
+    timing = {"max_spread": 0.25, "max_wait": 0.1, "extra_rounds": 3}
+    with one_core():
+        try:
+            bench = generation_benchmark({"parent": parent, "child": parent}, batch_size=2,
+                                         prefill_len=16, decode_len=16, repeats=3,
+                                         timing=timing)
+        except NoisyTiming as refused:
+            assert "benchmark" in str(refused) and "Benchmark(timing=" in str(refused)
+            return
+    assert bench["models"]["parent"]["time_s"] == pytest.approx(idle, rel=0.25)
+
+
+def test_benchmark_needs_the_parent(parent):
+    with pytest.raises(ValueError, match="needs the parent"):
+        generation_benchmark({"child": parent}, batch_size=1, prefill_len=4, decode_len=2)
 
 
 def test_benchmark_rejects_empty_settings(parent):
@@ -97,7 +126,8 @@ def test_smollm2_child_without_half_its_attention_generates_faster(tmp_path):
                                   for i in range(n)]}
     child, _ = assemble_child(SMOLLM2, solution, root=tmp_path)
     bench = generation_benchmark({"parent": parent, "child": child}, batch_size=4,
-                                 prefill_len=64, decode_len=32, repeats=2)
-    print(f"SmolLM2, half the attention layers no-op: measured speedup {speedup(bench):.3f} "
-          f"({bench})")
-    assert speedup(bench) > 1.0
+                                 prefill_len=64, decode_len=32, repeats=3)
+    fig = bench["models"]["child"]
+    print(f"SmolLM2, half the attention layers no-op: measured speedup {fig['speedup']:.3f} "
+          f"+- {fig['speedup_spread']:.3f} ({bench['conditions']})")
+    assert fig["speedup"] > 1.0

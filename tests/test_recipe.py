@@ -12,6 +12,7 @@ from puzzle_dsl.dsl.recipe import (
     BLD,
     FFN,
     GQA,
+    Benchmark,
     Corpus,
     DepthPruning,
     DropLayers,
@@ -22,9 +23,11 @@ from puzzle_dsl.dsl.recipe import (
     Recipe,
     RecipeError,
     Relative,
+    Scenario,
     Scoring,
     Search,
     SearchSpace,
+    Timing,
     UniformWidth,
     load_recipe,
     sanitize,
@@ -194,3 +197,21 @@ def test_lm_eval_scoring_needs_tasks():
 def test_sanitize_keeps_only_safe_characters():
     assert sanitize("kv one/two:3@x") == "kv_one_two_3_x"
     assert sanitize("ok-name_1") == "ok-name_1"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"max_spread": 0}, "max_spread must be > 0"),
+    ({"max_wait": 1.5}, "max_wait must be <= 1"),
+    ({"parent_ratio": [1.2, 2.0]}, "parent_ratio must be"),
+    ({"parent_ratio": 2}, "parent_ratio must be"),
+    ({"extra_rounds": -1}, "extra_rounds must be >= 0"),
+])
+def test_timing_bounds_are_checked(bad, message):
+    with pytest.raises(RecipeError, match=message):
+        Timing(**bad)
+
+
+def test_timing_bounds_may_be_switched_off_and_print_back():
+    t = Scenario(timing=Timing(max_wait=None, parent_ratio=None))
+    assert repr(t) == "Scenario(timing=Timing(max_wait=None, parent_ratio=None))"
+    assert Benchmark().timing.parent_ratio is None  # the benchmark has no prediction to check

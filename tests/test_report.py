@@ -7,15 +7,25 @@ import pytest
 from puzzle_dsl.report.table import markdown, results_table, task_accuracy
 
 PARENT = {"params": 134_515_008, "kv_bytes_per_token": 46080, "kl": 0.0, "perplexity": 6.4,
-          "tasks": {"arc_easy": {"acc": 0.5, "acc_norm": 0.4}, "copa": {"acc": 0.6}},
-          "benchmark": {"generation_tokens_per_s": 100.0}}
+          "tasks": {"arc_easy": {"acc": 0.5, "acc_norm": 0.4}, "copa": {"acc": 0.6}}}
 
 
-def child(speedup: float, arc: float, copa: float) -> dict:
+def child(arc: float, copa: float) -> dict:
     gkd = {"params": 80_000_000, "kv_bytes_per_token": 16896, "kl": 1.2, "perplexity": 17.0,
            "tasks": {"arc_easy": {"acc": 0.9, "acc_norm": arc}, "copa": {"acc": copa}}}
-    return {"gkd": gkd, "assembled": {**gkd, "kl": 2.5, "perplexity": 80.0},
-            "speedup": speedup, "benchmark": {"child": {"generation_tokens_per_s": 100 * speedup}}}
+    return {"gkd": gkd, "assembled": {**gkd, "kl": 2.5, "perplexity": 80.0}}
+
+
+def bench(under_load: bool = False, **speedups: float) -> dict:
+    """A benchmark.json: the parent at 100 tokens/s, each child at its speedup."""
+    models = {"parent": {"generation_tokens_per_s": 100.0, "tokens_per_s_spread": 1.0}}
+    models |= {n: {"generation_tokens_per_s": 100 * s, "tokens_per_s_spread": 2.0,
+                   "speedup": s, "speedup_spread": 0.04} for n, s in speedups.items()}
+    return {"models": models, "settings": {"batch_size": 16, "prefill_len": 128,
+                                           "decode_len": 128, "repeats": 3},
+            "conditions": {"rounds": 3, "under_load": under_load, "others_cores": 1.2,
+                           "cores_allowed": 2, "wait_share": 0.05, "loadavg_max": 2.5, "threads": 1,
+                           "cpu": "some CPU", "torch": "2.x", "engine": "transformers"}}
 
 
 def test_accuracy_is_acc_norm_where_reported_else_acc():
@@ -25,22 +35,36 @@ def test_accuracy_is_acc_norm_where_reported_else_acc():
 
 
 def test_rows_carry_speed_size_quality_and_retained_accuracy():
-    rows = results_table(PARENT, {"sol0": child(2.1, 0.4, 0.5), "depth": child(2.0, 0.2, 0.5)},
+    rows = results_table(PARENT, {"sol0": child(0.4, 0.5), "depth": child(0.2, 0.5)},
                          {"sol0": {"speedup": 2.0}, "depth": {"speedup": 2.0,
-                                                              "baseline": "depth_pruning"}})
+                                                              "baseline": "depth_pruning"}},
+                         bench(sol0=2.1, depth=2.0))
     assert list(rows) == ["parent", "sol0", "depth"]
     assert rows["parent"]["avg_acc"] == pytest.approx(0.5)
     assert rows["parent"]["retained_acc"] == pytest.approx(1.0)
     assert rows["sol0"]["kind"] == "puzzle" and rows["depth"]["kind"] == "depth_pruning"
     assert rows["sol0"]["retained_acc"] == pytest.approx(0.45 / 0.5)
     assert rows["sol0"]["speedup"] == 2.1 and rows["sol0"]["predicted_speedup"] == 2.0
+    assert rows["sol0"]["speedup_spread"] == 0.04 and rows["sol0"]["tokens_per_s"] == 210.0
+    assert rows["parent"]["speedup"] == 1.0 and rows["parent"]["tokens_per_s"] == 100.0
     assert rows["sol0"]["perplexity_before_gkd"] == 80.0
     assert rows["depth"]["avg_acc"] == pytest.approx(0.35)
 
 
 def test_markdown_has_one_line_per_model_and_a_column_per_task():
-    rows = results_table(PARENT, {"sol0": child(2.1, 0.4, 0.5)}, {"sol0": {"speedup": 2.0}})
-    lines = markdown(rows).splitlines()
-    assert len(lines) == 2 + 2
+    b = bench(sol0=2.1)
+    rows = results_table(PARENT, {"sol0": child(0.4, 0.5)}, {"sol0": {"speedup": 2.0}}, b)
+    lines = markdown(rows, b).splitlines()
+    assert len(lines) == 2 + 2 + 2  # header, rule, two models, blank, how speed was measured
     assert "arc_easy" in lines[0] and "copa" in lines[0] and "retained" in lines[0]
-    assert lines[3].startswith("| sol0 | puzzle | 2.10 | 2.00 | 80.0M | 16,896 |")
+    assert lines[3].startswith("| sol0 | puzzle | 2.10 ± 0.04 | 2.00 | 80.0M | 16,896 |")
+    assert "median ± IQR of 3 interleaved rounds" in lines[-1]
+    assert "under load" not in lines[-1]
+
+
+def test_speedups_measured_under_load_are_flagged():
+    b = bench(under_load=True, sol0=2.1)
+    rows = results_table(PARENT, {"sol0": child(0.4, 0.5)}, {"sol0": {"speedup": 2.0}}, b)
+    text = markdown(rows, b)
+    assert "| 2.10 ± 0.04* |" in text
+    assert "*Measured under load: other processes used 1.20 of 2 cores on average" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -26,7 +27,9 @@ from puzzle_dsl.runtime.measure import (
 
 TINY = {"vocab_size": 512, "hidden_size": 48, "intermediate_size": 128, "num_hidden_layers": 4,
         "num_attention_heads": 6, "num_key_value_heads": 3, "tie_word_embeddings": True}
-QUICK = Scenario(batch_sizes=(2,), prefill_len=8, decode_len=4, warmup=0, repeats=1)
+UNCHECKED = {"max_spread": None, "max_wait": None, "parent_ratio": None}  # plumbing tests
+QUICK = Scenario(batch_sizes=(2,), prefill_len=8, decode_len=4, warmup=0, repeats=1,
+                 timing=UNCHECKED)
 
 
 def _config(**shape):
@@ -86,7 +89,7 @@ def test_summed_block_latencies_predict_generation_of_a_mixed_child():
                          "half": {"kind": "swiglu", "intermediate_size": 344},
                          "lin": {"kind": "linear"}, "noop": {"kind": "no_op"}}}
         sc = Scenario(batch_sizes=(8,), prefill_len=64, decode_len=32, warmup=1, repeats=5,
-                      clock="cpu")
+                      clock="cpu", timing=UNCHECKED)
         layers = [("kv4", "full"), ("kv1", "half"), ("lin", "lin"), ("noop", "noop"),
                   ("kv1", "full"), ("kv4", "noop")]
         choices = [{"attention": a, "ffn": f} for a, f in layers]
@@ -105,30 +108,82 @@ def test_summed_block_latencies_predict_generation_of_a_mixed_child():
         torch.set_num_threads(threads)
 
 
-def test_runtime_stage_writes_table_parent_and_hardware(tiny_parent_dir, tmp_path, monkeypatch):
-    from puzzle_dsl.pipeline import layout
+def _runtime_stage():
     root = Path(__file__).resolve().parents[1]
-    shutil.copytree(tiny_parent_dir, tmp_path / layout.PARENT_DIR)
-    monkeypatch.chdir(tmp_path)
     spec = importlib.util.spec_from_file_location("stage_runtime", root / "stages" / "runtime.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
+    return stage
+
+
+STAGE_SPACE = {"attention": {"kv1": {"kind": "gqa", "n_heads_in_group": 6, "layers": [0]}},
+               "ffn": {"noop": {"kind": "no_op", "layers": [0, 1]}}}
+
+
+def test_runtime_stage_writes_table_parent_and_hardware(tiny_parent_dir, tmp_path, monkeypatch):
+    from puzzle_dsl.pipeline import layout
+    shutil.copytree(tiny_parent_dir, tmp_path / layout.PARENT_DIR)
+    monkeypatch.chdir(tmp_path)
     params = {"runtime": {"device": "cpu", "dtype": "float32", "batch_sizes": [2],
-                          "prefill_len": 8, "decode_len": 4, "warmup": 0, "repeats": 1},
-              "space": {"attention": {"kv1": {"kind": "gqa", "n_heads_in_group": 6, "layers": [0]}},
-                        "ffn": {"noop": {"kind": "no_op", "layers": [0, 1]}}}}
-    stage.main(params, None)
+                          "prefill_len": 8, "decode_len": 4, "warmup": 0, "repeats": 2,
+                          "timing": UNCHECKED},
+              "space": STAGE_SPACE}
+    _runtime_stage().main(params, None)
     table = pl.read_parquet(tmp_path / layout.RUNTIME_DIR / "runtime.parquet")
     assert set(table["variant"]) == {"kv1", "noop", "overhead"}
     assert table.columns == ["subblock", "variant", "batch_size", "phase", "latency_s",
                              "spread_s", "repeats", "param_bytes", "kv_bytes_per_token"]
     parent = json.loads((tmp_path / layout.RUNTIME_DIR / "parent.json").read_text())
     assert parent["2"]["generation_tokens_per_s"] > 0 and parent["2"]["time_s"] > 0
+    assert parent["2"]["time_spread_s"] >= 0 and parent["2"]["rounds"] == 2
     hardware = json.loads((tmp_path / layout.RUNTIME_DIR / "hardware.json").read_text())
-    assert {"cpu", "cores", "torch", "threads", "prefill_len", "decode_len", "dtype"} <= set(hardware)
-    assert (tmp_path / layout.RUNTIME_METRICS).exists()
+    assert {"cpu", "cores", "torch", "transformers", "threads", "engine", "prefill_len",
+            "decode_len", "dtype"} <= set(hardware)
+    cond = hardware["conditions"]["2"]
+    assert {"others_cores", "wait_share", "loadavg_max", "under_load", "rounds"} <= set(cond)
+    metrics = json.loads((tmp_path / layout.RUNTIME_METRICS).read_text())
+    assert {"parent_time_spread_b2", "others_cores_b2", "under_load_b2"} <= set(metrics)
 
 
 def test_bad_runtime_dtype_is_a_clear_error():
     with pytest.raises(ValueError, match="runtime.dtype"):
         Scenario.from_params({"dtype": "fp8"})
+
+
+# ---------------------------------------------------------------- a busy machine
+def test_runtime_under_a_cpu_burner_on_its_core_refuses_or_matches_idle(
+        tiny_parent_dir, tmp_path, monkeypatch, one_core):
+    """The stage and a CPU burner share one core (bounded to 60 s, killed in a finally). The
+    stage must refuse (NoisyTiming) or write a parent figure within its stated tolerance
+    (max_spread) of the idle one. Idle = this thread's CPU time with one torch thread, which
+    other processes cannot inflate, so the test holds on a loaded machine and an idle one."""
+    from puzzle_dsl.dsl.space import parent_piece
+    from puzzle_dsl.model.checkpoint import load_parent
+    from puzzle_dsl.model.library import parent_shape_of
+    from puzzle_dsl.pipeline import layout
+    from puzzle_dsl.runtime.guard import NoisyTiming
+    from puzzle_dsl.runtime.measure import measure_runtime
+
+    shutil.copytree(tiny_parent_dir, tmp_path / layout.PARENT_DIR)
+    monkeypatch.chdir(tmp_path)
+    scenario = {"device": "cpu", "dtype": "float32", "batch_sizes": [2], "prefill_len": 16,
+                "decode_len": 16, "warmup": 1, "repeats": 3}
+    timing = {"max_spread": 0.25, "max_wait": 0.1, "parent_ratio": [0.5, 2.0],
+              "extra_rounds": 3}
+    model, _ = load_parent(layout.PARENT_DIR)
+    sc = dataclasses.replace(Scenario.from_params({**scenario, "timing": UNCHECKED}),
+                             clock="cpu")
+    shape = parent_shape_of(model.config)
+    extra = {sub: {"(parent)": parent_piece(sub, shape)} for sub in ("attention", "ffn")}
+    layers = [{"attention": "(parent)", "ffn": "(parent)"}] * model.config.num_hidden_layers
+    idle = measure_runtime(model.config, STAGE_SPACE, sc, extra, model, layers).parent["2"]
+    with one_core():
+        try:
+            _runtime_stage().main({"runtime": {**scenario, "timing": timing},
+                                   "space": STAGE_SPACE}, None)
+        except NoisyTiming as refused:
+            assert "waited for a CPU" in str(refused) or "varied by" in str(refused)
+            assert not (tmp_path / layout.RUNTIME_DIR).exists()  # nothing half-written
+            return
+    busy = json.loads((tmp_path / layout.RUNTIME_DIR / "parent.json").read_text())["2"]
+    assert busy["time_s"] == pytest.approx(idle["time_s"], rel=timing["max_spread"])

@@ -19,7 +19,7 @@ from puzzle_dsl.tracking.lineage import flatten
 pytestmark = pytest.mark.pipeline
 
 # Stages whose outputs are wall-clock measurements: no two runs write the same bytes.
-MEASURING = ("runtime", "evaluate")
+MEASURING = ("runtime", "benchmark")
 
 
 def lock_outs(root) -> dict[str, dict[str, str]]:
@@ -72,7 +72,7 @@ def test_serial_repro_reaches_the_parallel_build_lock_and_leaves_nothing_to_run(
     init_repo(root)  # its own empty DVC cache and run cache: nothing can be restored
     for name in ("dvc.yaml", "params.yaml", "dvc.lock"):
         shutil.copy2(parallel / name, root / name)
-    # The runtime table and the evaluation benchmarks are timings: a rerun writes other bytes,
+    # The runtime table and the speed benchmark are timings: a rerun writes other bytes,
     # the search may then choose other children, and export's model card quotes the measured
     # speedup. So the first build's measurements are put in place (files + cache objects), as
     # if measured once on this machine; every other stage is a seeded, deterministic function

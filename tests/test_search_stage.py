@@ -247,7 +247,7 @@ def test_runtime_without_sequence_lengths_says_what_is_missing(tables, monkeypat
 
 
 def test_architecture_picture_is_drawn_without_the_space(tmp_path):
-    from puzzle_dsl.report.plots import architecture_plot
+    from puzzle_dsl.search.plots import architecture_plot
 
     layers = [{"attention": "attn_kv1", "ffn": "ffn_noop"}, {"attention": "x", "ffn": "y"}] * 20
     architecture_plot(layers, tmp_path / "arch.png", "child")

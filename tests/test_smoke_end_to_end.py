@@ -33,7 +33,7 @@ def test_pipeline_covers_every_stage_kind(smoke_pipeline):
     stages = smoke_pipeline.pipeline.stages
     programs = {s.program for s in stages}
     assert programs >= {"parent", "corpus", "calibrate", "bld", "score", "runtime", "search",
-                        "assemble", "gkd", "evaluate", "export"}
+                        "assemble", "gkd", "evaluate", "benchmark", "export", "report"}
     trained = {s.item for s in stages if s.program == "bld"}
     space = smoke_pipeline.pipeline.params["space"]
     assert trained & set(space["attention"]) and trained & set(space["ffn"])

@@ -368,6 +368,8 @@ def _child_pipeline(root: Path) -> dict:
         },
         "metrics/eval/sol0.json": {"kl": 0.2, "generation_tokens_per_s": 300.0},
         "metrics/eval/parent.json": {"kl": 0.0, "generation_tokens_per_s": 100.0},
+        "metrics/benchmark.json": {"models": {"sol0": {"speedup": 2.9, "speedup_spread": 0.1}},
+                                   "conditions": {"others_cores": 0.1}},
         "exports/toy-sol0/config.json": {"model_type": "nemotron-nas"},
     }
     for path, content in files.items():
@@ -407,6 +409,8 @@ def test_export_run_summarises_the_child_and_registers_its_directory(
     assert run.data.metrics["predicted.speedup"] == pytest.approx(1.8)
     assert run.data.metrics["kl"] == pytest.approx(0.2)
     assert run.data.metrics["measured_speedup.generation_tokens_per_s"] == pytest.approx(3.0)
+    assert run.data.metrics["measured.speedup"] == pytest.approx(2.9)
+    assert run.data.metrics["measured.speedup_spread"] == pytest.approx(0.1)
     versions = MlflowClient(uri).search_model_versions("name = 'toy-sol0'")
     assert [v.run_id for v in versions] == [run_id]
 

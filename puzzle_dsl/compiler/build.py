@@ -58,7 +58,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 HEADER = "# Compiled from recipe {name!r} by `puzzle-dsl compile`: edit the recipe, not this file.\n"
 CODE_STAGE = "code"
 PROGRAMS = ("parent", "corpus", "calibrate", "bld", "score", "influence", "runtime", "search",
-            "assemble", "gkd", "evaluate", "export", "report")
+            "assemble", "gkd", "evaluate", "benchmark", "export", "report")
 
 
 class CompileError(RecipeError):
@@ -81,6 +81,7 @@ class Stage:
     outs: list[str]
     metrics: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    runs_alone: bool = False  # it times things: the parallel scheduler runs nothing beside it
 
     @property
     def name(self) -> str:
@@ -423,6 +424,12 @@ def _tasks(tasks, root: Path) -> list[dict]:
             for t in tasks]
 
 
+def _timing(t) -> dict:
+    """A Timing node as params.yaml holds it (read back by puzzle_dsl.runtime.guard.Bounds)."""
+    return {"max_spread": t.max_spread, "max_wait": t.max_wait, "extra_rounds": t.extra_rounds,
+            "parent_ratio": None if t.parent_ratio is None else list(t.parent_ratio)}
+
+
 def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
     """The whole params.yaml as a dict (docs/design.md schema)."""
     r = recipe
@@ -455,7 +462,8 @@ def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
         "runtime": {"device": r.scenario.device, "dtype": r.scenario.dtype,
                     "batch_sizes": list(r.scenario.batch_sizes),
                     "prefill_len": r.scenario.prefill_len, "decode_len": r.scenario.decode_len,
-                    "warmup": r.scenario.warmup, "repeats": r.scenario.repeats},
+                    "warmup": r.scenario.warmup, "repeats": r.scenario.repeats,
+                    "timing": _timing(r.scenario.timing)},
         "search": {"objective": r.objective, "throughput": throughput,
                    "memory_gib": r.search.memory_gib, "latency_s": r.search.latency_s,
                    "max_params": r.search.max_params, "num_solutions": r.search.num_solutions,
@@ -469,10 +477,10 @@ def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
                                                "cosine_weight", "kl_weight", "lm_loss_weight",
                                                "seed", "checkpoint_every")},
         "evaluate": {"tasks": _tasks(r.evaluation.tasks, root), "limit": r.evaluation.limit,
-                     "batch_size": r.evaluation.batch_size,
-                     "benchmark": {k: getattr(r.evaluation.benchmark, k)
-                                   for k in ("batch_size", "prefill_len", "decode_len",
-                                             "repeats")}},
+                     "batch_size": r.evaluation.batch_size},
+        "benchmark": {**{k: getattr(r.evaluation.benchmark, k)
+                         for k in ("batch_size", "prefill_len", "decode_len", "repeats")},
+                      "timing": _timing(r.evaluation.benchmark.timing)},
         "report": {"children": [layout.solution_name(k) for k in range(
             1 if r.search.fixed else r.search.num_solutions)] + [sanitize(b.name)
                                                                  for b in r.search.baselines]},
@@ -533,7 +541,7 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
                             [], [P, C], influence))
     stages += [
         Stage("runtime", None, "measure every block's latency and memory", ["runtime", "space"],
-              [P], [layout.RUNTIME_DIR], [layout.RUNTIME_METRICS]),
+              [P], [layout.RUNTIME_DIR], [layout.RUNTIME_METRICS], runs_alone=True),
         Stage("search", None, "MIP: choose the children", ["search", "space"],
               [*scores, layout.RUNTIME_DIR, *influence], [layout.SEARCH_DIR],
               [layout.SEARCH_METRICS], [layout.SEARCH_PLOT]),
@@ -553,11 +561,16 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
             Stage("evaluate", sol, f"evaluate {sol}", ["evaluate"],
                   [gkd, assembled, P, C, *ext["evaluate"]], [], [layout.eval_metrics(sol)]),
             Stage("export", sol, f"export {sol}", ["export", "recipe"],
-                  [gkd, layout.SEARCH_DIR, layout.eval_metrics(sol), layout.PARENT_EVAL_METRICS],
+                  [gkd, layout.SEARCH_DIR, layout.eval_metrics(sol), layout.PARENT_EVAL_METRICS,
+                   layout.BENCHMARK_METRICS],
                   [layout.export_dir(name, sol)]),
         ]
+    stages.append(Stage("benchmark", None, "time the parent and every child, interleaved",
+                        ["benchmark", "report"], [P, *(layout.gkd_dir(c) for c in children)],
+                        [], [layout.BENCHMARK_METRICS], runs_alone=True))
     stages.append(Stage("report", None, "the results table of the parent and every child",
                         ["report"], [layout.PARENT_EVAL_METRICS, layout.SEARCH_METRICS,
+                                     layout.BENCHMARK_METRICS,
                                      *(layout.eval_metrics(c) for c in children)],
                         [layout.RESULTS_TABLE],
                         [layout.results_metrics(m) for m in ["parent", *children]]))
@@ -649,6 +662,8 @@ def _dvc_entry(stage: Stage) -> dict:
     for key in ("params", "outs", "metrics", "plots"):
         if getattr(stage, key):
             entry[key] = sorted(getattr(stage, key))
+    if stage.runs_alone:
+        entry["meta"] = {"runs_alone": True}  # read by puzzle_dsl.pipeline.repro
     return entry
 
 

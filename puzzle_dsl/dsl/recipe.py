@@ -34,7 +34,7 @@ __all__ = [
     "Evaluation", "Fixed", "Generated", "HFDataset", "JsonlFile", "LinearAttention",
     "LinearFFN", "NoOpAttention", "NoOpFFN", "Parent", "ParentShape", "ParquetFile", "Recipe",
     "RecipeError", "Relative", "Scenario", "Scoring", "Search", "SearchSpace", "Task",
-    "TextFile", "Uniform", "UniformWidth", "load_recipe", "sanitize",
+    "TextFile", "Timing", "Uniform", "UniformWidth", "load_recipe", "sanitize",
 ]
 
 _HERE = os.path.abspath(__file__)
@@ -545,6 +545,35 @@ class Scoring(Node):
 
 
 @dsl
+class Timing(Node):
+    """How noisy a timing may be before it is measured again and, still noisy, refused.
+
+    Timings run in interleaved rounds (every figure once per round). A round in which the
+    timed threads waited for a CPU longer than `max_wait` of its time (other processes on
+    these cores) is dropped; the last `repeats` kept rounds must vary by at most
+    `max_spread` (IQR / median), and the parent's measured generation must lie within
+    `parent_ratio` times its block-sum prediction (runtime table only). At most
+    `extra_rounds` rounds beyond `repeats` are run before the stage fails. None: unchecked.
+    """
+
+    max_spread: float | None = 0.1
+    max_wait: float | None = 0.1
+    parent_ratio: tuple | None = (0.5, 2.0)
+    extra_rounds: int = 4
+
+    def _check(self) -> None:
+        self._num("max_spread", 0.0, open_low=True, optional=True)
+        self._num("max_wait", 0.0, 1.0, open_low=True, optional=True)
+        ratio = self.parent_ratio
+        numbers = isinstance(ratio, tuple) and len(ratio) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in ratio)
+        if ratio is not None and not (numbers and 0 < ratio[0] < 1 < ratio[1]):
+            self.fail(f"parent_ratio must be [low, high] with 0 < low < 1 < high, e.g. "
+                      f"[0.5, 2.0], or None; got {ratio!r}")
+        self._int("extra_rounds", 0)
+
+
+@dsl
 class Scenario(Node):
     """The deployment the child is built for: where, at what precision, what traffic."""
 
@@ -555,8 +584,11 @@ class Scenario(Node):
     decode_len: int = 128
     warmup: int = 2
     repeats: int = 5
+    timing: Timing = Timing()
 
     def _check(self) -> None:
+        if not isinstance(self.timing, Timing):
+            self.fail("timing must be a Timing(...)")
         if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(self.device)):
             self.fail(f'device {self.device!r} is not "cpu", "cuda", "cuda:N" or "mps"')
         self._choice("dtype", DTYPES)
@@ -760,11 +792,14 @@ class Benchmark(Node):
     batch_size: int = 16
     prefill_len: int = 128
     decode_len: int = 128
-    repeats: int = 1
+    repeats: int = 3
+    timing: Timing = Timing(parent_ratio=None)
 
     def _check(self) -> None:
         for name in ("batch_size", "prefill_len", "decode_len", "repeats"):
             self._int(name, 1)
+        if not isinstance(self.timing, Timing):
+            self.fail("timing must be a Timing(...)")
 
 
 @dsl

@@ -17,6 +17,7 @@ import yaml
 from puzzle_dsl.dsl.space import GRID_READERS, READER_FFN_GRID
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.pipeline.stage_graph import stage_graph
+from puzzle_dsl.report.table import speed_note, speedup_cell
 
 
 def off_grid_ffn_layers(config) -> list[tuple[int, int]]:
@@ -125,16 +126,31 @@ def _score_rows(eval_metrics: Mapping, parent_metrics: Mapping) -> list[str]:
     return rows
 
 
+def _speed_rows(benchmark: Mapping, name: str) -> list[str]:
+    """Throughput table row and the measured speedup with its spread (and load warning)."""
+    figs = benchmark.get("models", {})
+    child, parent = figs.get(name, {}), figs.get("parent", {})
+    under = bool(benchmark.get("conditions", {}).get("under_load"))
+
+    def tps(fig: Mapping) -> str:
+        if "generation_tokens_per_s" not in fig:
+            return "–"
+        return f"{fig['generation_tokens_per_s']:.4g} ± {fig['tokens_per_s_spread']:.2g}"
+
+    cell = speedup_cell(child.get("speedup"), child.get("speedup_spread"), under)
+    return [f"| generation tokens/s (measured, median ± IQR) | {tps(parent)} | {tps(child)} |",
+            "", f"Measured speedup: **{cell}x**. {speed_note(benchmark)}"]
+
+
 def model_card(*, title: str, recipe: str, solution: Mapping, model, eval_metrics: Mapping,
                parent_metrics: Mapping, lock: Mapping[str, Mapping[str, str]],
-               source: str | None = None) -> str:
+               source: str | None = None, benchmark: Mapping | None = None) -> str:
     """The README.md of an exported child (markdown with HF front matter)."""
     cfg = model.config
     rows = layer_rows(model, solution.get("layers"))
     params = sum(p.numel() for p in model.parameters())
     kv = model.kv_cache_bytes_per_token()
     parent = {**eval_metrics.get("parent", {}), **parent_metrics}
-    bench = eval_metrics.get("benchmark", {})
     front = {"library_name": "transformers", "pipeline_tag": "text-generation",
              "tags": ["puzzle", "nemotron-nas", "distillation", "nas"]}
     lines = ["---", yaml.safe_dump(front, sort_keys=True).strip(), "---", "",
@@ -151,12 +167,8 @@ def model_card(*, title: str, recipe: str, solution: Mapping, model, eval_metric
              f"| parameters | {_fmt(parent.get('params'))} | {params} |",
              (f"| KV-cache bytes per token ({model.dtype}) | "
               f"{_fmt(parent.get('kv_bytes_per_token'))} | {kv} |"),
-             (f"| generation tokens/s (measured) | "
-              f"{_fmt(bench.get('parent', {}).get('generation_tokens_per_s'))} | "
-              f"{_fmt(bench.get('child', {}).get('generation_tokens_per_s'))} |"), "",
-             (f"Measured speedup: **{_fmt(eval_metrics.get('speedup'))}x** (greedy generation, "
-              f"both models in one process; settings {_fmt(bench.get('settings'))}). "
-              f"Predicted by the search: {_fmt(solution.get('predicted', {}).get('speedup'))}x."),
+             *_speed_rows(benchmark or {}, solution.get("name", "")),
+             f"Predicted by the search: {_fmt(solution.get('predicted', {}).get('speedup'))}x.",
              "",
              "## Scores", "",
              "| metric | parent | child before GKD | child after GKD |", "|---|---|---|---|",
@@ -195,11 +207,11 @@ def model_card(*, title: str, recipe: str, solution: Mapping, model, eval_metric
 def export_child(child_dir: str | Path, out_dir: str | Path, *, title: str, recipe: str,
                  solution: Mapping, eval_metrics: Mapping, parent_metrics: Mapping,
                  lock: Mapping[str, Mapping[str, str]] | None = None,
-                 source: str | None = None) -> Path:
+                 source: str | None = None, benchmark: Mapping | None = None) -> Path:
     """Write `out_dir` (replaced atomically): the child, README.md, architecture.png."""
     from puzzle_dsl.model.checkpoint import load_child, save_child
     from puzzle_dsl.pipeline.atomic import atomic_dir
-    from puzzle_dsl.report.plots import architecture_plot
+    from puzzle_dsl.search.plots import architecture_plot
 
     model, tokenizer = load_child(child_dir)
     out_dir = Path(out_dir)
@@ -210,7 +222,7 @@ def export_child(child_dir: str | Path, out_dir: str | Path, *, title: str, reci
         (tmp / "model").rmdir()
         card = model_card(title=title, recipe=recipe, solution=solution, model=model,
                           eval_metrics=eval_metrics, parent_metrics=parent_metrics,
-                          lock=lock or {}, source=source)
+                          lock=lock or {}, source=source, benchmark=benchmark)
         (tmp / "README.md").write_text(card)
         names = solution.get("layers") or [
             {"attention": r["attention_kind"], "ffn": r["ffn_kind"]} for r in layer_rows(model)]

@@ -34,6 +34,9 @@ SEARCH_PLOT = f"{PLOTS}/search/pareto.csv"
 
 PARENT_EVAL_METRICS = f"{METRICS}/eval/parent.json"
 
+# the speed benchmark: the parent and every child timed together, with spread and conditions
+BENCHMARK_METRICS = f"{METRICS}/benchmark.json"
+
 # the results table of the parent and every child: one metrics file per model, and Markdown
 RESULTS_TABLE = f"{ARTIFACTS}/report/results.md"
 

@@ -12,7 +12,9 @@ Clusters: `local` (in-process Dask workers on this machine, one stage each), `sl
 Stages that compute on the target device ask for a worker resource `GPU=1` when the recipe
 targets a GPU, so they land only on workers that declare one. With more than one worker, MLflow
 tracking goes to a real `mlflow server` (started here on the SQLite store when no server URI
-is configured), never to one SQLite file written by processes on several machines.
+is configured), never to one SQLite file written by processes on several machines. A stage
+marked `meta: {runs_alone: true}` (the ones that time things) waits for every stage not
+downstream of it, so nothing runs beside it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from puzzle_dsl.pipeline.stage_graph import heights, stage_graph
+from puzzle_dsl.pipeline.stage_graph import alone_stages, heights, stage_graph, with_barriers
 
 # Programs that run a model, and so run on the target device (the others are CPU bookkeeping).
 DEVICE_PROGRAMS = frozenset({"corpus", "calibrate", "bld", "score", "influence", "runtime",
@@ -198,7 +200,7 @@ def run_graph(client, root: Path, env: Mapping[str, str] | None = None,
     """
     from distributed import as_completed
 
-    graph = stage_graph(root / "dvc.yaml")
+    graph = with_barriers(stage_graph(root / "dvc.yaml"), alone_stages(root / "dvc.yaml"))
     priority = heights(graph)
     params_file = root / "params.yaml"
     params = yaml.safe_load(params_file.read_text()) if params_file.is_file() else {}

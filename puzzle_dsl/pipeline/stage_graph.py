@@ -55,3 +55,34 @@ def heights(graph: dict[str, set[str]]) -> dict[str, int]:
         return memo[name]
 
     return {name: height(name) for name in graph}
+
+
+def alone_stages(dvc_yaml: str | Path) -> set[str]:
+    """Stages marked `meta: {runs_alone: true}`: timings that other stages would disturb."""
+    stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages", {})
+    return {name for name, s in stages.items() if (s.get("meta") or {}).get("runs_alone")}
+
+
+def descendants(graph: dict[str, set[str]], name: str) -> set[str]:
+    """Every stage that reads, transitively, what `name` writes."""
+    users: dict[str, set[str]] = {n: set() for n in graph}
+    for n, deps in graph.items():
+        for dep in deps:
+            users[dep].add(n)
+    found, todo = set(), [name]
+    while todo:
+        for user in users[todo.pop()] - found:
+            found.add(user)
+            todo.append(user)
+    return found
+
+
+def with_barriers(graph: dict[str, set[str]], alone: set[str]) -> dict[str, set[str]]:
+    """`graph` where each runs-alone stage waits for every stage not downstream of it.
+
+    Its downstream waits for it already, so nothing runs beside it; unrelated runs-alone
+    stages are ordered by name so no cycle arises."""
+    out = {n: set(deps) for n, deps in graph.items()}
+    for name in sorted(alone):
+        out[name] |= set(out) - descendants(out, name) - {name}
+    return out

@@ -1,1 +1,1 @@
-"""Results table and plots."""
+"""The results table: parent and children side by side."""

@@ -1,4 +1,5 @@
-"""The results table: the parent and every child side by side, from the evaluate metrics.
+"""The results table: the parent and every child side by side, from the evaluate metrics and
+the benchmark (speed: median over interleaved rounds, with its spread and conditions).
 
 Accuracy per task is `acc_norm` where lm-eval reports it (ARC, OpenBookQA) and `acc` otherwise
 (BoolQ, COPA); `avg_acc` is their mean and `retained_acc` its share of the parent's.
@@ -7,6 +8,8 @@ Accuracy per task is `acc_norm` where lm-eval reports it (ARC, OpenBookQA) and `
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from puzzle_dsl.runtime.conditions import describe
 
 
 def task_accuracy(metrics: Mapping[str, float]) -> float | None:
@@ -25,18 +28,24 @@ def _row(kind: str, model: Mapping, tasks: Mapping) -> dict:
             "avg_acc": sum(known) / len(known) if known else None}
 
 
+def _speed(bench: Mapping, name: str) -> dict:
+    fig = bench.get("models", {}).get(name, {})
+    return {"speedup": fig.get("speedup", 1.0 if name == "parent" else None),
+            "speedup_spread": fig.get("speedup_spread", 0.0 if name == "parent" else None),
+            "tokens_per_s": fig.get("generation_tokens_per_s"),
+            "tokens_per_s_spread": fig.get("tokens_per_s_spread"),
+            "under_load": bool(bench.get("conditions", {}).get("under_load"))}
+
+
 def results_table(parent_eval: Mapping, child_evals: Mapping[str, Mapping],
-                  search: Mapping[str, Mapping]) -> dict[str, dict]:
-    """{name: row} for the parent and each child (evaluate metrics + search predictions)."""
+                  search: Mapping[str, Mapping], bench: Mapping) -> dict[str, dict]:
+    """{name: row} for the parent and each child (evaluate metrics, benchmark, predictions)."""
     rows = {"parent": {**_row("parent", parent_eval, parent_eval.get("tasks", {})),
-                       "speedup": 1.0, "predicted_speedup": 1.0,
-                       "tokens_per_s": parent_eval.get("benchmark", {}).get(
-                           "generation_tokens_per_s")}}
+                       **_speed(bench, "parent"), "predicted_speedup": 1.0}}
     for name, ev in child_evals.items():
         gkd, found = ev["gkd"], search.get(name, {})
         rows[name] = {**_row(found.get("baseline", "puzzle"), gkd, gkd.get("tasks", {})),
-                      "speedup": ev["speedup"], "predicted_speedup": found.get("speedup"),
-                      "tokens_per_s": ev["benchmark"]["child"]["generation_tokens_per_s"],
+                      **_speed(bench, name), "predicted_speedup": found.get("speedup"),
                       "kl_before_gkd": ev["assembled"]["kl"],
                       "perplexity_before_gkd": ev["assembled"]["perplexity"]}
     base = rows["parent"]["avg_acc"]
@@ -53,16 +62,38 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.1f}" if abs(value) >= 100 else f"{value:.{digits}f}"
 
 
-def markdown(rows: Mapping[str, Mapping]) -> str:
-    """The table as Markdown, one line per model."""
+def speedup_cell(speedup: float | None, spread: float | None, under_load: bool) -> str:
+    """'2.10 ± 0.04', starred when measured under load."""
+    if speedup is None:
+        return "–"
+    return f"{speedup:.2f} ± {spread or 0.0:.2f}" + ("*" if under_load else "")
+
+
+def speed_note(bench: Mapping) -> str:
+    """How the speedups were measured, and a warning when under load."""
+    c, s = bench.get("conditions", {}), bench.get("settings", {})
+    note = (f"Speedup: measured generation throughput over the parent's, median ± IQR of "
+            f"{c.get('rounds', '?')} interleaved rounds (batch {s.get('batch_size')}, "
+            f"{s.get('prefill_len')} + {s.get('decode_len')} tokens; {c.get('engine', '?')}, "
+            f"torch {c.get('torch', '?')}, {c.get('threads', '?')} threads on {c.get('cpu', '?')}).")
+    if c.get("under_load"):
+        note += f" *Measured under load: {describe(c)}; the figures may be off."
+    return note
+
+
+def markdown(rows: Mapping[str, Mapping], bench: Mapping | None = None) -> str:
+    """The table as Markdown, one line per model (and how speed was measured)."""
     tasks = sorted({t for r in rows.values() for t in r["tasks"]})
     head = ["model", "kind", "speedup (measured)", "predicted", "params", "KV B/token", "KL",
             "ppl", *tasks, "avg acc", "retained"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
-        cells = [name, r["kind"], _fmt(r["speedup"], 2), _fmt(r["predicted_speedup"], 2),
+        cells = [name, r["kind"], speedup_cell(r["speedup"], r["speedup_spread"], r["under_load"]),
+                 _fmt(r["predicted_speedup"], 2),
                  _fmt(r["params"]), _fmt(r["kv_bytes_per_token"]), _fmt(r["kl"]),
                  _fmt(r["perplexity"], 1), *(_fmt(r["tasks"].get(t)) for t in tasks),
                  _fmt(r["avg_acc"]), _fmt(r["retained_acc"])]
         lines.append("| " + " | ".join(cells) + " |")
+    if bench:
+        lines += ["", speed_note(bench)]
     return "\n".join(lines) + "\n"

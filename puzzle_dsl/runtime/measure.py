@@ -16,12 +16,10 @@ the extra time per further token. Then a child's generation of decode_len tokens
 from __future__ import annotations
 
 import copy
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache
 
@@ -29,6 +27,14 @@ from puzzle_dsl.dsl.space import block_piece
 from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import (
     NemotronNasDecoderLayer,
     NemotronNasForCausalLM,
+)
+from puzzle_dsl.runtime.guard import (
+    Bounds,
+    Measured,
+    measure_rounds,
+    median_iqr,
+    rotated,
+    spread_problem,
 )
 
 NOOP = {"attention": block_piece("attention", {"kind": "no_op"}),
@@ -48,6 +54,11 @@ class Scenario:
     dtype: str = "float32"
     device: str = "cpu"
     clock: str = "wall"  # "cpu": this thread's CPU time (1 torch thread), blind to other processes
+    timing: dict | None = None  # params.yaml runtime.timing (None: the recipe defaults)
+
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds.from_params(self.timing, self.repeats)
 
     @classmethod
     def from_params(cls, p: dict) -> Scenario:
@@ -59,7 +70,7 @@ class Scenario:
                    prefill_len=int(p.get("prefill_len", 128)),
                    decode_len=int(p.get("decode_len", 128)), warmup=int(p.get("warmup", 2)),
                    repeats=int(p.get("repeats", 5)), dtype=p.get("dtype", "float32"),
-                   device=p.get("device", "cpu"))
+                   device=p.get("device", "cpu"), timing=p.get("timing"))
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -78,22 +89,43 @@ def _sync(device: str) -> None:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
+@dataclass(frozen=True)
+class Bench:
+    """One figure: `setup()` untimed, `fn()` timed (seconds / `per`); `warm()` before rounds."""
+
+    fn: Callable[[], object]
+    setup: Callable[[], object] | None = None
+    warm: Callable[[], object] | None = None
+    per: int = 1
+
+
+def time_once(bench: Bench, device: str = "cpu", clock: str = "wall") -> float:
+    """Seconds of one call of `bench.fn` (divided by `bench.per`)."""
+    now = CLOCKS[clock]
+    if bench.setup is not None:
+        bench.setup()
+    _sync(device)
+    t0 = now()
+    bench.fn()
+    _sync(device)
+    return (now() - t0) / bench.per
+
+
+def warm_up(bench: Bench, times: int) -> None:
+    for _ in range(times):
+        if bench.setup is not None:
+            bench.setup()
+        (bench.warm or bench.fn)()
+
+
 def time_call(fn: Callable[[], object], warmup: int, repeats: int, device: str = "cpu",
               setup: Callable[[], object] | None = None, clock: str = "wall"
               ) -> tuple[float, float, int]:
     """(median s, IQR s, repeats) of `fn()`; `setup()` runs untimed before each call."""
-    now, times = CLOCKS[clock], []
-    for k in range(warmup + repeats):
-        if setup is not None:
-            setup()
-        _sync(device)
-        t0 = now()
-        fn()
-        _sync(device)
-        if k >= warmup:
-            times.append(now() - t0)
-    q1, med, q3 = np.percentile(times, [25, 50, 75])
-    return float(med), float(q3 - q1), len(times)
+    bench = Bench(fn, setup)
+    warm_up(bench, warmup)
+    med, iqr = median_iqr([time_once(bench, device, clock) for _ in range(repeats)])
+    return med, iqr, repeats
 
 
 def one_layer_config(config, subblock: str, piece: dict):
@@ -124,12 +156,12 @@ STACK = 4  # layers of one shape timed together: weights stream from memory as i
 
 
 @torch.inference_mode()
-def measure_block(config, subblock: str, piece: dict, sc: Scenario, batch_size: int
-                  ) -> dict[str, tuple[float, float, int]]:
-    """{'prefill': (median, iqr, n), 'decode': ...} per layer of one subblock shape at one batch.
+def block_benches(config, subblock: str, piece: dict, sc: Scenario, batch_size: int
+                  ) -> dict[str, Bench]:
+    """{'prefill': Bench, 'decode': Bench} timing one layer of one subblock shape at one batch.
 
     A stack of STACK child layers of this shape runs the subblock in turn (the other subblock
-    a no-op); times are per layer.
+    a no-op); times are per layer. Only the layers are kept (not the embeddings).
     """
     n = max(1, min(STACK, config.num_hidden_layers))
     cfg = one_layer_config(config, subblock, piece)
@@ -138,6 +170,7 @@ def measure_block(config, subblock: str, piece: dict, sc: Scenario, batch_size: 
     layers, rope = list(model.model.layers), model.model.rotary_emb
     c, dev, dt = cfg.hidden_size, sc.device, sc.torch_dtype
 
+    @torch.inference_mode()
     def run(h, pe, cache):
         for layer in layers:
             h = (layer.attention_subblock(h, pe, None, cache) if subblock == "attention"
@@ -147,8 +180,8 @@ def measure_block(config, subblock: str, piece: dict, sc: Scenario, batch_size: 
     h = torch.randn(batch_size, sc.prefill_len, c, device=dev, dtype=dt)  # (B, T, C)
     pe = rope(h, position_ids=torch.arange(sc.prefill_len, device=dev)[None])
     state = {}
-    prefill = time_call(lambda: run(h, pe, state["cache"]), sc.warmup, sc.repeats, dev,
-                        setup=lambda: state.update(cache=DynamicCache()), clock=sc.clock)
+    prefill = Bench(lambda: run(h, pe, state["cache"]),
+                    setup=lambda: state.update(cache=DynamicCache()), per=n)
 
     ctx, cache = sc.context_len, DynamicCache()
     for idx, layer in enumerate(layers):
@@ -159,42 +192,51 @@ def measure_block(config, subblock: str, piece: dict, sc: Scenario, batch_size: 
     x = torch.randn(batch_size, 1, c, device=dev, dtype=dt)  # (B, 1, C)
     pe1 = rope(x, position_ids=torch.tensor([[ctx]], device=dev))
     crop = (lambda: cache.crop(ctx - cache.get_seq_length())) if cache.get_seq_length() else None
-    decode = time_call(lambda: run(x, pe1, cache), sc.warmup, sc.repeats, dev, setup=crop,
-                       clock=sc.clock)
-    return {phase: (t[0] / n, t[1] / n, t[2]) for phase, t in
-            (("prefill", prefill), ("decode", decode))}
+    return {"prefill": prefill, "decode": Bench(lambda: run(x, pe1, cache), setup=crop, per=n)}
 
 
-@torch.inference_mode()
+def generate_bench(model, ids: torch.Tensor, new_tokens: int) -> Bench:
+    """Greedy `generate` of exactly `new_tokens` after the prompt `ids` [B, T]; warm-up: 4 tokens."""
+    ids = ids.to(next(model.parameters()).device)
+    mask = torch.ones_like(ids)
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+
+    @torch.inference_mode()
+    def gen(n):
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                             do_sample=False, pad_token_id=pad, eos_token_id=None)
+        if out.shape[1] != ids.shape[1] + n:
+            raise RuntimeError(f"generate made {out.shape[1] - ids.shape[1]} tokens, not {n}")
+
+    model.eval()
+    return Bench(lambda: gen(new_tokens), warm=lambda: gen(min(new_tokens, 4)))
+
+
+def random_prompt(vocab_size: int, batch_size: int, prefill_len: int, seed: int = 0
+                  ) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch_size, prefill_len), generator=g)  # (B, T)
+
+
 def time_generate(model, batch_size: int, prefill_len: int, new_tokens: int, device: str,
                   warmup: int = 1, repeats: int = 1, clock: str = "wall"
                   ) -> tuple[float, float, int]:
     """(median s, IQR s, n) of `generate` of exactly `new_tokens` after `prefill_len` random tokens."""
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (batch_size, prefill_len), generator=g).to(device)
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-
-    def gen(n):
-        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                              min_new_tokens=n, do_sample=False, pad_token_id=pad)
-
-    for _ in range(warmup):
-        gen(min(new_tokens, 4))
-    return time_call(lambda: gen(new_tokens), 0, repeats, device, clock=clock)
+    bench = generate_bench(model, random_prompt(model.config.vocab_size, batch_size, prefill_len),
+                           new_tokens)
+    warm_up(bench, warmup)
+    med, iqr = median_iqr([time_once(bench, device, clock) for _ in range(repeats)])
+    return med, iqr, repeats
 
 
-@torch.inference_mode()
-def measure_overhead(config, sc: Scenario, batch_size: int) -> dict[str, tuple[float, float, int]]:
-    """Everything outside the layers, through the real generate loop of an all-no-op child."""
+def overhead_benches(config, sc: Scenario, batch_size: int) -> dict[str, Bench]:
+    """Everything outside the layers, through the real generate loop of an all-no-op child:
+    'prefill' a 1-token generate, 'full' one of decode_len tokens (decode = the difference)."""
     cfg = copy.deepcopy(config)
     cfg.block_configs = [dict(NOOP) for _ in range(cfg.num_hidden_layers)]
     model = NemotronNasForCausalLM(cfg).to(sc.device, sc.torch_dtype).eval()
-    one = time_generate(model, batch_size, sc.prefill_len, 1, sc.device, sc.warmup, sc.repeats,
-                        sc.clock)
-    full = time_generate(model, batch_size, sc.prefill_len, sc.decode_len, sc.device, 0,
-                         sc.repeats, sc.clock)
-    per_step = max(0.0, (full[0] - one[0]) / (sc.decode_len - 1))  # noise can make it < 0
-    return {"prefill": one, "decode": (per_step, full[1] / (sc.decode_len - 1), full[2])}
+    ids = random_prompt(cfg.vocab_size, batch_size, sc.prefill_len)
+    return {"prefill": generate_bench(model, ids, 1), "full": generate_bench(model, ids, sc.decode_len)}
 
 
 def overhead_param_bytes(config, dtype: torch.dtype) -> int:
@@ -215,59 +257,144 @@ def predicted_time(prefill_s: float, decode_s: float, decode_len: int) -> float:
     return prefill_s + decode_len * decode_s
 
 
-def hardware_info(device: str) -> dict:
-    """What the numbers were measured on."""
-    import os
-
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "platform": platform.platform(), "device": device}
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 # ---------------------------------------------------------------- the table
 def _key(subblock: str, piece: dict) -> tuple:
     return (subblock, tuple(sorted(piece.items())))
 
 
-def measure_table(config, space: dict, sc: Scenario, extra: dict | None = None) -> list[dict]:
-    """runtime.parquet rows for every variant of `space` ({subblock: {name: spec}}) + overhead.
+PARENT_RUN = ("parent",)  # the round key of the parent's own end-to-end generate
 
-    Each distinct block shape is measured once per batch size; `extra` ({subblock: {name:
-    piece}}) adds already-resolved pieces (e.g. the parent's own blocks) under their names.
-    """
-    named: list[tuple[str, str, dict]] = []
+
+@dataclass
+class RuntimeMeasurement:
+    """The table rows, the parent end to end per batch size, and the conditions per batch."""
+
+    rows: list[dict]
+    parent: dict[str, dict]
+    conditions: dict[str, dict]
+
+
+def _named(space: dict, extra: dict | None) -> list[tuple[str, str, dict]]:
+    named = []
     for subblock in ("attention", "ffn"):
         for name, spec in sorted((space.get(subblock) or {}).items()):
             named.append((subblock, name, block_piece(subblock, spec)))
         for name, piece in sorted(((extra or {}).get(subblock) or {}).items()):
             named.append((subblock, name, piece))
-    dtype = sc.torch_dtype
-    measured: dict[tuple, dict] = {}
-    rows = []
+    return named
+
+
+def _latencies(rnd: dict, named) -> dict[tuple[str, str, str], float]:
+    """{(subblock, variant, phase): s} of one round (or of per-figure medians)."""
+    lat = {("overhead", "overhead", ph): rnd[("overhead", ph)] for ph in ("prefill", "decode")}
+    for subblock, name, piece in named:
+        for ph in ("prefill", "decode"):
+            lat[(subblock, name, ph)] = rnd[("block", _key(subblock, piece), ph)]
+    return lat
+
+
+def measure_runtime(config, space: dict, sc: Scenario, extra: dict | None = None,
+                    parent=None, parent_layers: list[dict] | None = None) -> RuntimeMeasurement:
+    """Every variant of `space` ({subblock: {name: spec}}) + overhead, in guarded rounds.
+
+    Each distinct block shape is measured once per batch size; `extra` ({subblock: {name:
+    piece}}) adds already-resolved pieces (e.g. the parent's own blocks) under their names.
+    With `parent` (the model) and `parent_layers` (its names per layer), the parent's own
+    generate runs in every round too, and the rounds must agree with its block-sum prediction
+    within `sc.bounds.parent_ratio` (puzzle_dsl.runtime.guard).
+    """
+    named, dtype, rows = _named(space, extra), sc.torch_dtype, []
+    parent_out, conditions = {}, {}
     for b in sc.batch_sizes:
+        benches: dict[tuple, Bench] = {}
+        for subblock, _, piece in named:
+            key = ("block", _key(subblock, piece))
+            if key + ("prefill",) not in benches:
+                for ph, bench in block_benches(config, subblock, piece, sc, b).items():
+                    benches[key + (ph,)] = bench
+        for ph, bench in overhead_benches(config, sc, b).items():
+            benches[("overhead", ph)] = bench
+        if parent is not None:
+            ids = random_prompt(parent.config.vocab_size, b, sc.prefill_len)
+            benches[PARENT_RUN] = generate_bench(parent, ids, sc.decode_len)
+        m = _measure_batch(benches, named, sc, b, parent_layers if parent is not None else None)
         for subblock, name, piece in named:
-            key = _key(subblock, piece) + (b,)
-            if key not in measured:
-                measured[key] = measure_block(config, subblock, piece, sc, b)
             pbytes = block_param_bytes(config, subblock, piece, dtype)
             kv = kv_bytes_per_token(config, piece, dtype) if subblock == "attention" else 0
-            rows += _rows(subblock, name, b, measured[key], pbytes, kv)
-        rows += _rows("overhead", "overhead", b, measure_overhead(config, sc, b),
+            key = ("block", _key(subblock, piece))
+            rows += _rows(subblock, name, b, {ph: m.stats(key + (ph,))
+                                              for ph in ("prefill", "decode")}, pbytes, kv)
+        rows += _rows("overhead", "overhead", b, {ph: m.stats(("overhead", ph))
+                                                  for ph in ("prefill", "decode")},
                       overhead_param_bytes(config, dtype), 0)
-    return rows
+        conditions[str(b)] = m.conditions()
+        if parent is not None:
+            parent_out[str(b)] = _parent_summary(m, named, parent_layers, sc, b)
+    return RuntimeMeasurement(rows, parent_out, conditions)
+
+
+def _measure_batch(benches: dict, named, sc: Scenario, b: int, parent_layers) -> Measured:
+    for bench in benches.values():
+        warm_up(bench, sc.warmup)
+    order = list(benches)
+    steps = sc.decode_len - 1
+
+    def run_round(index: int) -> dict:
+        rnd = {k: time_once(benches[k], sc.device, sc.clock) for k in rotated(order, index)}
+        rnd[("overhead", "decode")] = max(0.0, (rnd.pop(("overhead", "full"))
+                                                - rnd[("overhead", "prefill")]) / steps)
+        return rnd
+
+    def check(window: list[dict]) -> list[str]:
+        if parent_layers is None:
+            totals = [sum(r.values()) for r in window]
+            return [p for p in [spread_problem(f"the table's summed latencies at batch {b}",
+                                               totals, sc.bounds)] if p]
+        return _parent_problems(window, named, parent_layers, sc, b)
+
+    threads = 1 if sc.device.startswith("cuda") else torch.get_num_threads()
+    return measure_rounds(run_round, sc.bounds, what=f"runtime (batch {b})",
+                          where="Scenario", threads=threads, check=check)
+
+
+def _predict_parent(rnd: dict, named, parent_layers, sc: Scenario) -> float:
+    return predict_from(_latencies(rnd, named), parent_layers, sc.decode_len)
+
+
+def _medians(window: list[dict]) -> dict:
+    return {k: median_iqr([r[k] for r in window])[0] for k in window[0]}
+
+
+def _parent_problems(window, named, parent_layers, sc: Scenario, b: int) -> list[str]:
+    bounds = sc.bounds
+    measured = [r[PARENT_RUN] for r in window]
+    predicted = [_predict_parent(r, named, parent_layers, sc) for r in window]
+    problems = [spread_problem(f"the parent's generate at batch {b}", measured, bounds),
+                spread_problem(f"the parent's summed block latencies at batch {b}", predicted,
+                               bounds)]
+    ratio = median_iqr(measured)[0] / _predict_parent(_medians(window), named, parent_layers, sc)
+    lo, hi = bounds.parent_ratio or (0.0, float("inf"))
+    if not lo <= ratio <= hi:
+        problems.append(f"the parent's measured generate at batch {b} took {ratio:.2f}x its "
+                        f"block-sum prediction (allowed {lo:g}-{hi:g}): the block timings do "
+                        f"not describe the model end to end (the load changed while they were "
+                        f"taken, or the scenario is too small for sums to hold)")
+    return [p for p in problems if p]
+
+
+def _parent_summary(m: Measured, named, parent_layers, sc: Scenario, b: int) -> dict:
+    t, spread, n = m.stats(PARENT_RUN)
+    predicted = [_predict_parent(r, named, parent_layers, sc) for r in m.rounds]
+    pred = _predict_parent(_medians(m.rounds), named, parent_layers, sc)
+    tokens = b * sc.decode_len
+    return {"generation_tokens_per_s": tokens / t, "time_s": t, "time_spread_s": spread,
+            "rounds": n, "predicted_time_s": pred,
+            "predicted_spread_s": median_iqr(predicted)[1], "measured_over_predicted": t / pred}
+
+
+def measure_table(config, space: dict, sc: Scenario, extra: dict | None = None) -> list[dict]:
+    """runtime.parquet rows for every variant of `space` + overhead (see measure_runtime)."""
+    return measure_runtime(config, space, sc, extra).rows
 
 
 def _rows(subblock, variant, b, timings, pbytes, kv) -> list[dict]:
@@ -276,11 +403,9 @@ def _rows(subblock, variant, b, timings, pbytes, kv) -> list[dict]:
              "kv_bytes_per_token": kv} for phase, t in timings.items()]
 
 
-def predict_generation_s(rows: list[dict], layers: list[dict], batch_size: int,
-                         decode_len: int) -> float:
-    """Predicted generate time of a child whose layers use `layers` [{attention: NAME, ffn: NAME}]."""
-    lat = {(r["subblock"], r["variant"], r["phase"]): r["latency_s"] for r in rows
-           if r["batch_size"] == batch_size}
+def predict_from(lat: dict[tuple[str, str, str], float], layers: list[dict],
+                 decode_len: int) -> float:
+    """Predicted generate time from {(subblock, variant, phase): s} of one batch size."""
     total = {"prefill": lat[("overhead", "overhead", "prefill")],
              "decode": lat[("overhead", "overhead", "decode")]}
     for choice in layers:
@@ -288,3 +413,11 @@ def predict_generation_s(rows: list[dict], layers: list[dict], batch_size: int,
             for phase in total:
                 total[phase] += lat[(subblock, choice[subblock], phase)]
     return predicted_time(total["prefill"], total["decode"], decode_len)
+
+
+def predict_generation_s(rows: list[dict], layers: list[dict], batch_size: int,
+                         decode_len: int) -> float:
+    """Predicted generate time of a child whose layers use `layers` [{attention: NAME, ffn: NAME}]."""
+    lat = {(r["subblock"], r["variant"], r["phase"]): r["latency_s"] for r in rows
+           if r["batch_size"] == batch_size}
+    return predict_from(lat, layers, decode_len)

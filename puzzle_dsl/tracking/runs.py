@@ -393,6 +393,10 @@ def child_summary(root: Path, sid: str, snap: dict) -> tuple[dict, dict, dict]:
     for key, value in list(metrics.items()):  # measured speedup from any throughput both report
         if key.endswith("tokens_per_s") and parent.get(key):
             metrics[f"measured_speedup.{key}"] = value / parent[key]
+    prefix = f"models.{item}."  # the benchmark's figures of this child, with their spreads
+    metrics |= {f"measured.{k.removeprefix(prefix)}": v
+                for k, v in read_metrics(root / layout.BENCHMARK_METRICS).items()
+                if k.startswith(prefix)}
     params, tags = {}, {"puzzle.child": item}
     solution = find_solution(root / layout.SEARCH_DIR / "solutions.json", item)
     if solution:
