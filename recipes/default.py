@@ -19,7 +19,6 @@ from puzzle_dsl.dsl import (
     Evaluation,
     Generated,
     LinearAttention,
-    LinearFFN,
     NoOpAttention,
     NoOpFFN,
     Parent,
@@ -54,7 +53,8 @@ recipe = Recipe(
     ),
     space=SearchSpace(
         attention=[GQA(kv_heads=3), GQA(kv_heads=1), LinearAttention(), NoOpAttention()],
-        ffn=[FFN(share=s) for s in (0.1, 0.25, 0.5, 0.75, 0.9)] + [LinearFFN(), NoOpFFN()],
+        # no LinearFFN(): the children are exported to llama.cpp (gguf), which cannot run it
+        ffn=[FFN(share=s) for s in (0.1, 0.25, 0.5, 0.75, 0.9)] + [NoOpFFN()],
         keep_parent_layers=[0, -1],
     ),
     bld=BLD(tokens=16_384, batch_size=4, lr=5e-4, calibration_tokens=8_192),

@@ -1,4 +1,4 @@
-"""export-solK: the distilled child as a self-contained HF directory with a model card."""
+"""export-solK: the distilled child as a self-contained HF directory with a model card and a GGUF."""
 
 from __future__ import annotations
 
@@ -30,4 +30,5 @@ def main(params: dict, item: str | None) -> None:
                  title=params["export"].get("register_name") or f"{recipe}-{item}",
                  recipe=recipe, solution=solution, eval_metrics=eval_metrics,
                  parent_metrics=_read_json(layout.PARENT_EVAL_METRICS),
-                 lock=lock_hashes("dvc.lock", item), source=parent_source("dvc.lock"))
+                 lock=lock_hashes("dvc.lock", item), source=parent_source("dvc.lock"),
+                 gguf_type=params["export"].get("gguf"))

@@ -32,7 +32,7 @@ PARAMS = {
             "kl_weight": 1.0, "lm_loss_weight": 0.0, "seed": 0, "checkpoint_every": 4},
     "evaluate": {"tasks": [], "limit": 2, "batch_size": 4,
                  "benchmark": {"batch_size": 2, "prefill_len": 8, "decode_len": 4, "repeats": 1}},
-    "export": {"register_name": "puzzle-tiny"},
+    "export": {"register_name": "puzzle-tiny", "gguf": "f16"},
     "recipe": {"name": "tiny"},
 }
 LOCK = {"schema": "2.0", "stages": {
@@ -130,6 +130,14 @@ def test_model_card_states_layers_speed_notes_and_provenance(pipeline):
     assert "vLLM cannot serve" in card  # layer 1 uses a linear attention
     assert "`bbb.dir`" in card and "ccc.dir" not in card and "tiny:0" in card
     assert (out / "architecture.png").stat().st_size > 0
+
+
+def test_export_writes_the_gguf_and_the_card_shows_how_to_serve_it(pipeline):
+    out = pipeline / layout.export_dir("tiny", "sol0")
+    assert (out / "tiny-sol0.gguf").stat().st_size > 0
+    card = (out / "README.md").read_text()
+    assert "`tiny-sol0.gguf` (f16, llama.cpp architecture `deci`" in card
+    assert "llama-server -m tiny-sol0.gguf --port 8080" in card
 
 
 CLEAN_LOAD = """

@@ -46,6 +46,7 @@ from puzzle_dsl.dsl.recipe import (
     sanitize,
 )
 from puzzle_dsl.dsl.space import ParentShape, is_parent_variant, needs_training, parent_piece
+from puzzle_dsl.export.gguf_types import LINEAR_FFN
 from puzzle_dsl.pipeline import layout
 
 # FFN shares resolve to the nearest multiple of FFN_MULTIPLE (at least one multiple, at most
@@ -211,6 +212,9 @@ def resolve_space(recipe: Recipe, shape: ParentShape) -> dict:
     for sub, variants in (("attention", space.attention), ("ffn", space.ffn)):
         for v in variants:
             _, spec, name = variant_spec(v, shape)
+            if recipe.gguf and spec["kind"] == "linear" and sub == "ffn":
+                _fail(v, f"the recipe exports GGUF for llama.cpp (gguf={recipe.gguf!r}), and "
+                         f"{LINEAR_FFN}: remove it from the space or set Recipe(gguf=None)")
             name = sanitize(v.name) if v.name else name
             is_parent = is_parent_variant(sub, spec, shape)
             if is_parent and v.layers is not None:
@@ -446,7 +450,8 @@ def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
         "report": {"children": [layout.solution_name(k) for k in range(
             1 if r.search.fixed else r.search.num_solutions)] + [sanitize(b.name)
                                                                  for b in r.search.baselines]},
-        "export": {"register_name": sanitize(r.register_name or f"puzzle-{name}")},
+        "export": {"register_name": sanitize(r.register_name or f"puzzle-{name}"),
+                   "gguf": r.gguf},
     }
 
 

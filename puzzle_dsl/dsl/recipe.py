@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from puzzle_dsl.dsl.space import ParentShape
+from puzzle_dsl.export.gguf_types import GGUF_TYPES
 
 __all__ = [
     "BLD", "FFN", "GKD", "GQA", "Absolute", "Benchmark", "Block", "Corpus", "DepthPruning",
@@ -800,10 +801,12 @@ class Recipe(Node):
     gkd: GKD = GKD()
     evaluation: Evaluation = Evaluation()
     register_name: str | None = None
+    gguf: str | None = "f16"  # each export's llama.cpp file type (GGUF_TYPES); None: no GGUF
 
     def _check(self) -> None:
         self._str("name")
         self._str("register_name", optional=True)
+        self._choice("gguf", (*GGUF_TYPES, None))
         for part, cls in _PARTS.items():
             if not isinstance(getattr(self, part), cls):
                 self.fail(f"{part} must be a {cls.__name__}(...), got {getattr(self, part)!r}")
