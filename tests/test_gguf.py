@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +166,39 @@ def test_pre_tokenizers_map_to_llama_cpp_names():
         {"type": "Digits", "individual_digits": True}, byte_level]}) == "smollm"
     with pytest.raises(ValueError, match="no llama.cpp equivalent"):
         pre_tokenizer_name({"type": "Whitespace"})
+
+
+def sliced_child(parent, blocks: list[dict]):
+    """A child of `parent` with `blocks`: each tensor the parent's, cut to the child's shape
+    (linear attention: a small random map)."""
+    config = child_config_from_llama(parent.config, blocks)
+    child = NemotronNasForCausalLM(config).eval()
+    state = parent.state_dict()
+    with torch.no_grad():
+        for name, p in child.state_dict().items():
+            if name in state:
+                p.copy_(state[name][tuple(slice(0, n) for n in p.shape)])
+            else:
+                p.normal_(0.0, 0.01)
+    return child
+
+
+@pytest.mark.slow
+def test_smollm2_parent_and_a_mixed_child_match_in_llama_cpp(tmp_path_factory):
+    from puzzle_dsl.model.parent import import_parent
+
+    tmp = tmp_path_factory.mktemp("smollm2_gguf")
+    parent, tokenizer = load_parent(import_parent("gguf:default", tmp / "parent"))
+    assert pre_tokenizer_name(json.loads(
+        tokenizer.backend_tokenizer.to_str())["pre_tokenizer"]) == "smollm"
+    cycle = [(gqa(3), swiglu(1536)), (gqa(9), swiglu(768)), (NO_OP, swiglu(1536)),
+             (gqa(3), NO_OP), (LINEAR, swiglu(384)), (NO_OP, NO_OP)]
+    blocks = [{"attention": cycle[i % 6][0], "ffn": cycle[i % 6][1]} if 0 < i < 29 else
+              {"attention": gqa(3), "ffn": swiglu(1536)} for i in range(30)]
+    for name, model in (("parent", parent), ("child", sliced_child(parent, blocks))):
+        path = write_gguf(model, tokenizer, tmp / f"{name}.gguf", "f32")
+        diff = agree(model, tokenizer, path, atol=1e-2)
+        print(f"SmolLM2 {name}: max abs logit difference in llama.cpp (f32) {diff:.2e}")
+        llm = llama(path)
+        text = "In 2024, 12345 people paid $3.50 each."
+        assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text).input_ids
