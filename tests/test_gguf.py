@@ -202,3 +202,21 @@ def test_smollm2_parent_and_a_mixed_child_match_in_llama_cpp(tmp_path_factory):
         llm = llama(path)
         text = "In 2024, 12345 people paid $3.50 each."
         assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text).input_ids
+
+
+def test_batched_llama_cpp_generation_is_greedy_per_sequence(child_dir, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from puzzle_dsl.runtime.llama_cpp_generate import LlamaCppGenerator, llama_cpp_benchmark
+
+    model, tokenizer = load_child(child_dir)
+    path = write_gguf(model, tokenizer, tmp_path / "child.gguf", "f32")
+    prompt = np.random.default_rng(0).integers(2, 512, (3, 8))  # no pad id: HF would mask it
+    gen = LlamaCppGenerator(path, batch_size=3, prefill_len=8, decode_len=6)
+    try:
+        got = gen.generate(prompt)
+    finally:
+        gen.close()
+    assert got.tolist() == [ours(model, row.tolist(), 6)[1] for row in prompt]
+    bench = llama_cpp_benchmark({"child": path}, batch_size=2, prefill_len=4, decode_len=4,
+                                vocab_size=512)
+    assert bench["child"]["generation_tokens_per_s"] > 0
