@@ -19,6 +19,7 @@ from puzzle_dsl.export.gguf_types import LINEAR_FFN
 from puzzle_dsl.export.gguf_vocab import pre_tokenizer_name
 from puzzle_dsl.model.checkpoint import child_config_from_llama, load_child, load_parent, save_child
 from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
+from puzzle_dsl.runtime.synthetic import sliced_child
 
 TEXT = "Once upon a time, in a small village by the sea, 42 fishermen baked bread."
 
@@ -166,21 +167,6 @@ def test_pre_tokenizers_map_to_llama_cpp_names():
         {"type": "Digits", "individual_digits": True}, byte_level]}) == "smollm"
     with pytest.raises(ValueError, match="no llama.cpp equivalent"):
         pre_tokenizer_name({"type": "Whitespace"})
-
-
-def sliced_child(parent, blocks: list[dict]):
-    """A child of `parent` with `blocks`: each tensor the parent's, cut to the child's shape
-    (linear attention: a small random map)."""
-    config = child_config_from_llama(parent.config, blocks)
-    child = NemotronNasForCausalLM(config).eval()
-    state = parent.state_dict()
-    with torch.no_grad():
-        for name, p in child.state_dict().items():
-            if name in state:
-                p.copy_(state[name][tuple(slice(0, n) for n in p.shape)])
-            else:
-                p.normal_(0.0, 0.01)
-    return child
 
 
 @pytest.mark.slow
