@@ -189,7 +189,8 @@ def model_card(*, title: str, recipe: str, solution: Mapping, model, eval_metric
                      "on the `2 * ffn_mult * hidden / 3` rule) in layers "
                      + ", ".join(f"{i} ({s})" for i, s in off)
                      + ": readers that only know `ffn_mult` (the public DeciLM config, vLLM, "
-                     "llama.cpp's converter) cannot rebuild them; this directory's own code can.")
+                     "llama.cpp's converter) cannot rebuild them; this directory's own code "
+                     "and its GGUF (when written) can.")
     if lin:
         lines.append("- `replace_with_linear` in " + ", ".join(f"layer {i} {s}" for i, s in lin)
                      + ": vLLM cannot serve this model (it has no path for linear replacements).")
