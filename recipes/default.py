@@ -19,7 +19,6 @@ from puzzle_dsl.dsl import (
     Evaluation,
     Generated,
     LinearAttention,
-    LinearFFN,
     NoOpAttention,
     NoOpFFN,
     Parent,
@@ -54,8 +53,9 @@ recipe = Recipe(
     ),
     space=SearchSpace(
         attention=[GQA(kv_heads=3), GQA(kv_heads=1), LinearAttention(), NoOpAttention()],
-        # every width below the parent's 1536 on the readers' 256 grid
-        ffn=[FFN(size=s) for s in (256, 512, 768, 1024, 1280)] + [LinearFFN(), NoOpFFN()],
+        # every width below the parent's 1536 on the readers' 256 grid; no LinearFFN(): the
+        # children are exported to llama.cpp (gguf), which cannot run it
+        ffn=[FFN(size=s) for s in (256, 512, 768, 1024, 1280)] + [NoOpFFN()],
         keep_parent_layers=[0, -1],
     ),
     bld=BLD(tokens=16_384, batch_size=4, lr=5e-4, calibration_tokens=8_192),

@@ -48,6 +48,7 @@ recipe = Recipe(
     ),
     bld=BLD(tokens=50_000_000, batch_size=16, lr=1e-4),
     scoring=Scoring(metric="kl", tokens=262_144, batch_size=16),
+    gguf=None,  # a GPU deployment (LinearFFN is in the space; llama.cpp cannot run it)
     scenario=Scenario(device="cuda", dtype="bfloat16", batch_sizes=[64, 128, 256],
                       prefill_len=128, decode_len=1024),
     search=Search(throughput=Relative(1.7), memory_gib=75, num_solutions=3),

@@ -1,4 +1,4 @@
-"""export-solK: the distilled child as a self-contained HF directory with a model card."""
+"""export-solK: the distilled child as a self-contained HF directory with a model card and a GGUF."""
 
 from __future__ import annotations
 
@@ -35,4 +35,4 @@ def main(params: dict, item: str | None) -> None:
                  recipe=recipe, solution=solution, eval_metrics=eval_metrics,
                  parent_metrics=_read_json(layout.PARENT_EVAL_METRICS),
                  lock=lock_hashes("dvc.lock", item), source=parent_source("dvc.lock"),
-                 benchmark=benchmark)
+                 benchmark=benchmark, gguf_type=params["export"].get("gguf"))

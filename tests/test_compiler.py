@@ -34,6 +34,7 @@ from puzzle_dsl.dsl.recipe import (
     NoOpFFN,
     Parent,
     Recipe,
+    RecipeError,
     Search,
     SearchSpace,
     Task,
@@ -82,7 +83,8 @@ def test_committed_root_pipeline_is_the_compiled_default_recipe():
 def test_variant_names_are_derived_from_the_resolved_variants():
     recipe = smol(space=SearchSpace(
         attention=[GQA(kv_heads=1), LinearAttention(), NoOpAttention()],
-        ffn=[FFN(share=s) for s in (0.1, 0.3, 0.5, 0.7, 0.9)] + [LinearFFN(), NoOpFFN()]))
+        ffn=[FFN(share=s) for s in (0.1, 0.3, 0.5, 0.7, 0.9)] + [LinearFFN(), NoOpFFN()]),
+        gguf=None)
     space = build_pipeline(recipe).params["space"]
     assert sorted(space["attention"]) == ["attn_kv1", "attn_kv3", "attn_linear", "attn_noop"]
     assert sorted(space["ffn"]) == ["ffn_i1024", "ffn_i1280", "ffn_i1536", "ffn_i256",
@@ -242,7 +244,7 @@ def test_params_follow_the_design_schema():
     assert params["benchmark"]["timing"] == {**timing, "parent_ratio": None}
     assert params["search"]["throughput"] == {"relative": 2.0}
     assert params["corpus"]["tokens"] == {"train": 2_000_000, "score": 65_536, "valid": 65_536}
-    assert params["export"] == {"register_name": "puzzle-t"}
+    assert params["export"] == {"register_name": "puzzle-t", "gguf": "f16"}
 
 
 def test_kv_heads_not_dividing_query_heads_names_the_recipe_line(tmp_path):
@@ -338,6 +340,21 @@ def test_depth_pruning_needs_no_op_variants_in_the_space():
                   search=Search(baselines=[DepthPruning()]))
     with pytest.raises(CompileError, match=r"add NoOpAttention\(\) and NoOpFFN\(\)"):
         build_pipeline(recipe)
+
+
+def test_linear_ffn_is_refused_when_the_recipe_exports_for_llama_cpp():
+    recipe = smol(space=SearchSpace(attention=[GQA(1)], ffn=[FFN(share=0.5), LinearFFN()]))
+    with pytest.raises(CompileError, match=r"LinearFFN\(\): the recipe exports GGUF for llama.cpp "
+                       r"\(gguf='f16'\), and llama.cpp's deci graph has no linear FFN .*"
+                       r"set Recipe\(gguf=None\)"):
+        build_pipeline(recipe)
+    no_gguf = smol(space=SearchSpace(ffn=[LinearFFN()]), gguf=None)
+    assert "ffn_linear" in build_pipeline(no_gguf).params["space"]["ffn"]
+
+
+def test_gguf_type_must_be_one_llama_cpp_has():
+    with pytest.raises(RecipeError, match=r"gguf='q3' is not one of 'f32', 'f16', 'q8_0'"):
+        smol(gguf="q3")
 
 
 def test_fixed_variant_outside_the_space_is_rejected():

@@ -36,7 +36,7 @@ PARAMS = {
     "benchmark": {"batch_size": 2, "prefill_len": 8, "decode_len": 4, "repeats": 2,
                   "timing": {"max_spread": None, "max_wait": None, "parent_ratio": None}},
     "report": {"children": ["sol0"]},
-    "export": {"register_name": "puzzle-tiny"},
+    "export": {"register_name": "puzzle-tiny", "gguf": "f16"},
     "recipe": {"name": "tiny"},
 }
 LOCK = {"schema": "2.0", "stages": {
@@ -165,6 +165,14 @@ def test_model_card_states_layers_speed_notes_and_provenance(pipeline):
     assert "vLLM cannot serve" in card  # layer 1 uses a linear attention
     assert "`bbb.dir`" in card and "ccc.dir" not in card and "tiny:0" in card
     assert (out / "architecture.png").stat().st_size > 0
+
+
+def test_export_writes_the_gguf_and_the_card_shows_how_to_serve_it(pipeline):
+    out = pipeline / layout.export_dir("tiny", "sol0")
+    assert (out / "tiny-sol0.gguf").stat().st_size > 0
+    card = (out / "README.md").read_text()
+    assert "`tiny-sol0.gguf` (f16, llama.cpp architecture `deci`" in card
+    assert "llama-server -m tiny-sol0.gguf --port 8080" in card
 
 
 CLEAN_LOAD = """

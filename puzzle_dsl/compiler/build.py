@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from puzzle_dsl.compiler.code_deps import code_deps
+from puzzle_dsl.dsl.gguf_types import LINEAR_FFN
 from puzzle_dsl.dsl.recipe import (
     FFN,
     GQA,
@@ -237,6 +238,9 @@ def resolve_space(recipe: Recipe, shape: ParentShape) -> dict:
             _check_grid(space, shape)
         for v in variants:
             _, spec, name = variant_spec(v, shape, space.ffn_grid)
+            if recipe.gguf and spec["kind"] == "linear" and sub == "ffn":
+                _fail(v, f"the recipe exports GGUF for llama.cpp (gguf={recipe.gguf!r}), and "
+                         f"{LINEAR_FFN}: remove it from the space or set Recipe(gguf=None)")
             name = sanitize(v.name) if v.name else name
             is_parent = is_parent_variant(sub, spec, shape)
             if is_parent and v.layers is not None:
@@ -484,7 +488,8 @@ def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
         "report": {"children": [layout.solution_name(k) for k in range(
             1 if r.search.fixed else r.search.num_solutions)] + [sanitize(b.name)
                                                                  for b in r.search.baselines]},
-        "export": {"register_name": sanitize(r.register_name or f"puzzle-{name}")},
+        "export": {"register_name": sanitize(r.register_name or f"puzzle-{name}"),
+                   "gguf": r.gguf},
     }
 
 

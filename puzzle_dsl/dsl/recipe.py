@@ -26,6 +26,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
+from puzzle_dsl.dsl.gguf_types import GGUF_TYPES
 from puzzle_dsl.dsl.space import READER_FFN_GRID, ParentShape
 
 __all__ = [
@@ -840,10 +841,12 @@ class Recipe(Node):
     gkd: GKD = GKD()
     evaluation: Evaluation = Evaluation()
     register_name: str | None = None
+    gguf: str | None = "f16"  # each export's llama.cpp file type (GGUF_TYPES); None: no GGUF
 
     def _check(self) -> None:
         self._str("name")
         self._str("register_name", optional=True)
+        self._choice("gguf", (*GGUF_TYPES, None))
         for part, cls in _PARTS.items():
             if not isinstance(getattr(self, part), cls):
                 self.fail(f"{part} must be a {cls.__name__}(...), got {getattr(self, part)!r}")

@@ -1,4 +1,5 @@
-"""Export the final child: a self-contained HF directory, a model card and an architecture picture.
+"""Export the final child: a self-contained HF directory, a model card, an architecture picture
+and a GGUF for llama.cpp (puzzle_dsl.export.gguf).
 
 The directory loads anywhere with
 `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` (the model code ships with
@@ -142,9 +143,20 @@ def _speed_rows(benchmark: Mapping, name: str) -> list[str]:
             "", f"Measured speedup: **{cell}x**. {speed_note(benchmark)}"]
 
 
+def llama_cpp_section(gguf_name: str, gguf_type: str) -> list[str]:
+    """Card lines: the GGUF beside the weights and the one command that serves it."""
+    from puzzle_dsl.export.gguf import serve_command
+
+    return ["## llama.cpp", "",
+            (f"`{gguf_name}` ({gguf_type}, llama.cpp architecture `deci`, tokenizer included) "
+             "runs in llama.cpp; its OpenAI-compatible server:"), "",
+            "```sh", serve_command(gguf_name), "```", ""]
+
+
 def model_card(*, title: str, recipe: str, solution: Mapping, model, eval_metrics: Mapping,
                parent_metrics: Mapping, lock: Mapping[str, Mapping[str, str]],
-               source: str | None = None, benchmark: Mapping | None = None) -> str:
+               source: str | None = None, benchmark: Mapping | None = None,
+               gguf: tuple[str, str] | None = None) -> str:
     """The README.md of an exported child (markdown with HF front matter)."""
     cfg = model.config
     rows = layer_rows(model, solution.get("layers"))
@@ -162,6 +174,7 @@ def model_card(*, title: str, recipe: str, solution: Mapping, model, eval_metric
              "model = AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)",
              "tokenizer = AutoTokenizer.from_pretrained(PATH)",
              "```", "",
+             *(llama_cpp_section(*gguf) if gguf else []),
              "## Size and speed", "",
              "| | parent | child |", "|---|---|---|",
              f"| parameters | {_fmt(parent.get('params'))} | {params} |",
@@ -187,7 +200,8 @@ def model_card(*, title: str, recipe: str, solution: Mapping, model, eval_metric
         lines.append(f"- FFN widths off the Nemotron-NAS `ffn_mult` grid (multiples of "
                      f"{READER_FFN_GRID}) in layers " + ", ".join(f"{i} ({s})" for i, s in off)
                      + f": {GRID_READERS} refuse them; this directory's own code reads them "
-                     "(and vLLM, which takes `intermediate_size` where `ffn_mult` is absent).")
+                     "(and vLLM, which takes `intermediate_size` where `ffn_mult` is absent), and so "
+                     "does its GGUF (when written).")
     if lin:
         lines.append("- `replace_with_linear` in " + ", ".join(f"layer {i} {s}" for i, s in lin)
                      + ": vLLM cannot serve this model (it has no path for linear replacements).")
@@ -207,22 +221,28 @@ def model_card(*, title: str, recipe: str, solution: Mapping, model, eval_metric
 def export_child(child_dir: str | Path, out_dir: str | Path, *, title: str, recipe: str,
                  solution: Mapping, eval_metrics: Mapping, parent_metrics: Mapping,
                  lock: Mapping[str, Mapping[str, str]] | None = None,
-                 source: str | None = None, benchmark: Mapping | None = None) -> Path:
-    """Write `out_dir` (replaced atomically): the child, README.md, architecture.png."""
+                 source: str | None = None, benchmark: Mapping | None = None,
+                 gguf_type: str | None = "f16") -> Path:
+    """Write `out_dir` (replaced atomically): the child, README.md, architecture.png and,
+    unless gguf_type is None, `<out_dir name>.gguf` for llama.cpp."""
+    from puzzle_dsl.export.gguf import write_gguf
     from puzzle_dsl.model.checkpoint import load_child, save_child
     from puzzle_dsl.pipeline.atomic import atomic_dir
     from puzzle_dsl.search.plots import architecture_plot
 
     model, tokenizer = load_child(child_dir)
     out_dir = Path(out_dir)
+    gguf = (f"{out_dir.name}.gguf", gguf_type) if gguf_type else None
     with atomic_dir(out_dir) as tmp:
         save_child(model, tokenizer, tmp / "model")
         for f in (tmp / "model").iterdir():
             f.rename(tmp / f.name)
         (tmp / "model").rmdir()
+        if gguf:
+            write_gguf(model, tokenizer, tmp / gguf[0], gguf_type, name=title)
         card = model_card(title=title, recipe=recipe, solution=solution, model=model,
                           eval_metrics=eval_metrics, parent_metrics=parent_metrics,
-                          lock=lock or {}, source=source, benchmark=benchmark)
+                          lock=lock or {}, source=source, benchmark=benchmark, gguf=gguf)
         (tmp / "README.md").write_text(card)
         names = solution.get("layers") or [
             {"attention": r["attention_kind"], "ffn": r["ffn_kind"]} for r in layer_rows(model)]

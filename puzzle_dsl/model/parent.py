@@ -42,11 +42,29 @@ def check_llama_config(config, where: str) -> None:
         raise ValueError(f"{where}: hidden_act={config.hidden_act!r}; Llama SwiGLU needs 'silu'")
 
 
-def _gguf_architecture(path: Path) -> str:
+def _gguf_string(path: Path, key: str) -> str | None:
     from gguf import GGUFReader
 
-    field = GGUFReader(path).fields["general.architecture"]
-    return bytes(field.parts[field.data[0]]).decode()
+    field = GGUFReader(path).fields.get(key)
+    return None if field is None else bytes(field.parts[field.data[0]]).decode()
+
+
+def _gguf_architecture(path: Path) -> str:
+    return _gguf_string(path, "general.architecture")
+
+
+def restore_pre_tokenizer(tokenizer, gguf_pre: str | None) -> None:
+    """Put back the digit split that transformers' GGUF tokenizer conversion drops.
+
+    A GGUF names its pre-tokenizer (`tokenizer.ggml.pre`); transformers 5 rebuilds every GPT-2
+    style one as plain ByteLevel. "smollm" (SmolLM2, StarCoder) first isolates each digit.
+    """
+    from tokenizers import pre_tokenizers
+
+    if gguf_pre == "smollm":
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
 
 
 def _load_gguf(path: Path, dtype: torch.dtype):
@@ -67,6 +85,7 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    restore_pre_tokenizer(tokenizer, _gguf_string(path, "tokenizer.ggml.pre"))
     return model, tokenizer
 
 
