@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline import layout
 
 PARENT = "(parent)"  # internal name of the parent's own pieces; never a valid variant name
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     import polars as pl
     import torch
 
@@ -24,18 +25,16 @@ def main(params: dict, item: str | None) -> None:
     from puzzle_dsl.model.checkpoint import atomic_dir, load_parent
     from puzzle_dsl.model.library import parent_shape_of
     from puzzle_dsl.runtime.measure import (
-        Scenario,
         hardware_info,
         measure_table,
         predict_generation_s,
         time_generate,
+        torch_dtype,
     )
 
-    sc = Scenario.from_params(params["runtime"])
-    space = {sub: {name: spec for name, spec in (params["space"].get(sub) or {}).items()}
-             for sub in ("attention", "ffn")}
+    sc, space = params.runtime, params.space.specs()
     torch.manual_seed(0)
-    model, _ = load_parent(layout.PARENT_DIR, sc.torch_dtype)
+    model, _ = load_parent(layout.PARENT_DIR, torch_dtype(sc))
     model = model.to(sc.device)
     config, shape = model.config, parent_shape_of(model.config)
     extra = {sub: {PARENT: parent_piece(sub, shape)} for sub in ("attention", "ffn")}
@@ -44,7 +43,7 @@ def main(params: dict, item: str | None) -> None:
     parent = {}
     for b in sc.batch_sizes:
         t = time_generate(model, b, sc.prefill_len, sc.decode_len, sc.device, warmup=1,
-                          repeats=1, clock=sc.clock)[0]
+                          repeats=1)[0]
         predicted = predict_generation_s(rows, parent_layers, b, sc.decode_len)
         parent[str(b)] = {"generation_tokens_per_s": b * sc.decode_len / t, "time_s": t,
                           "predicted_time_s": predicted}

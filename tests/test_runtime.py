@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.dsl.space import block_piece
 from puzzle_dsl.model.checkpoint import child_config_from_llama
 from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
@@ -85,8 +86,7 @@ def test_summed_block_latencies_predict_generation_of_a_mixed_child():
                  "ffn": {"full": {"kind": "swiglu", "intermediate_size": 688},
                          "half": {"kind": "swiglu", "intermediate_size": 344},
                          "lin": {"kind": "linear"}, "noop": {"kind": "no_op"}}}
-        sc = Scenario(batch_sizes=(8,), prefill_len=64, decode_len=32, warmup=1, repeats=5,
-                      clock="cpu")
+        sc = Scenario(batch_sizes=(8,), prefill_len=64, decode_len=32, warmup=1, repeats=5)
         layers = [("kv4", "full"), ("kv1", "half"), ("lin", "lin"), ("noop", "noop"),
                   ("kv1", "full"), ("kv4", "noop")]
         choices = [{"attention": a, "ffn": f} for a, f in layers]
@@ -95,7 +95,7 @@ def test_summed_block_latencies_predict_generation_of_a_mixed_child():
         child = NemotronNasForCausalLM(child_config_from_llama(
             LlamaConfig(**{**TINY, **shape}), blocks)).eval()
         time_generate(child, 8, 64, 32, "cpu", warmup=1, repeats=1)  # first-call kernel setup
-        rows = measure_table(cfg, space, sc)
+        rows = measure_table(cfg, space, sc, clock="cpu")
         measured = time_generate(child, 8, 64, 32, "cpu", warmup=1, repeats=5, clock="cpu")[0]
         predicted = predict_generation_s(rows, choices, 8, 32)
         print(f"predicted {predicted:.4f} s, measured {measured:.4f} s, "
@@ -117,7 +117,7 @@ def test_runtime_stage_writes_table_parent_and_hardware(tiny_parent_dir, tmp_pat
                           "prefill_len": 8, "decode_len": 4, "warmup": 0, "repeats": 1},
               "space": {"attention": {"kv1": {"kind": "gqa", "n_heads_in_group": 6, "layers": [0]}},
                         "ffn": {"noop": {"kind": "no_op", "layers": [0, 1]}}}}
-    stage.main(params, None)
+    stage.main(Params.read(params), None)
     table = pl.read_parquet(tmp_path / layout.RUNTIME_DIR / "runtime.parquet")
     assert set(table["variant"]) == {"kv1", "noop", "overhead"}
     assert table.columns == ["subblock", "variant", "batch_size", "phase", "latency_s",
@@ -130,5 +130,5 @@ def test_runtime_stage_writes_table_parent_and_hardware(tiny_parent_dir, tmp_pat
 
 
 def test_bad_runtime_dtype_is_a_clear_error():
-    with pytest.raises(ValueError, match="runtime.dtype"):
-        Scenario.from_params({"dtype": "fp8"})
+    with pytest.raises(ValueError, match="runtime.dtype is 'fp8', not one of 'float32'"):
+        Scenario.from_params({"dtype": "fp8"}, "runtime")

@@ -31,7 +31,6 @@ from puzzle_dsl.dsl.recipe import (
     DepthPruning,
     DropLayers,
     Fixed,
-    JsonlFile,
     LinearAttention,
     LinearFFN,
     Node,
@@ -368,15 +367,10 @@ def check_budgets(recipe: Recipe, shape: ParentShape, space: dict) -> None:
 
 # ---------------------------------------------------------------------------- params.yaml
 def _source_params(src, root: Path) -> dict:
-    """A corpus source as params.yaml holds it: itself, its path resolved; a JSONL source
-    names exactly one of field (default "text") or messages_field."""
+    """A corpus source as params.yaml holds it: itself, its path resolved."""
     out = src.section()
     if "path" in out:
         out["path"] = _path(src, src.path, root)
-    if isinstance(src, JsonlFile):
-        out = {k: v for k, v in out.items() if v is not None}
-        if "messages_field" not in out:
-            out.setdefault("field", "text")
     return out
 
 

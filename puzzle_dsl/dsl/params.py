@@ -98,6 +98,14 @@ class SpaceParams(Schema):
         """The space as plain spec dicts (what the block builders take)."""
         return self.section()
 
+    def variant(self, name: str) -> tuple[str, dict]:
+        """(subblock, spec dict) of variant `name`."""
+        for subblock, specs in self.specs().items():
+            if name in specs:
+                return subblock, specs[name]
+        raise ValueError(f"variant {name!r} is not in space.attention or space.ffn of "
+                         "params.yaml: recompile the recipe")
+
 
 # ---------------------------------------------------------------------------- search
 class RelativeTarget(Schema):

@@ -24,6 +24,8 @@ import traceback
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from pydantic import model_serializer
+
 from puzzle_dsl.dsl.schema import Betas, Int, Num, RecipeError, Schema, show_path
 from puzzle_dsl.dsl.space import ParentShape
 
@@ -54,12 +56,12 @@ class _Checks(Schema):
         if v is None and optional:
             return
         if not isinstance(v, str) or not v:
-            self.fail(f"{name} must be a non-empty string, got {v!r}")
+            self.fail(f"{name} must be a non-empty string, got {v!r}", name)
 
     def _items(self, name: str, kinds: tuple, what: str) -> None:
         for v in getattr(self, name):
             if not isinstance(v, kinds):
-                self.fail(f"{name} holds {v!r}, which is not {what}")
+                self.fail(f"{name} holds {v!r}, which is not {what}", name)
 
     def _layers(self, name: str) -> None:
         v = getattr(self, name)
@@ -67,11 +69,11 @@ class _Checks(Schema):
             return
         if not isinstance(v, tuple):
             self.fail(f"{name} must be a list of layer indices or ranges, e.g. [0, -1] or "
-                      f"[range(4, 8)], got {v!r}")
+                      f"[range(4, 8)], got {v!r}", name)
         for x in v:
             if not isinstance(x, range) and (not isinstance(x, int) or isinstance(x, bool)):
                 self.fail(f"{name} holds {x!r}: use ints (negative counts from the end) or "
-                          f"range(start, stop)")
+                          f"range(start, stop)", name)
 
 
 # ---------------------------------------------------------------------------- parent
@@ -94,13 +96,14 @@ class Parent(_Checks):
         scheme, _, rest = self.source.partition(":")
         if scheme not in ("gguf", "dir", "hub", "tiny") or not rest:
             self.fail('source must be "gguf:default", "gguf:/path.gguf", "dir:/path", '
-                      '"hub:org/name" or "tiny:SEED"')
+                      '"hub:org/name" or "tiny:SEED"', "source")
         if scheme == "gguf" and rest != "default" and not rest.endswith(".gguf"):
-            self.fail('a gguf source is "gguf:default" or a path ending in .gguf')
+            self.fail('a gguf source is "gguf:default" or a path ending in .gguf', "source")
         if scheme == "hub" and rest.count("/") != 1:
-            self.fail('a hub source is "hub:org/name"')
+            self.fail('a hub source is "hub:org/name"', "source")
         if scheme == "tiny" and not rest.isdigit():
-            self.fail('a tiny source is "tiny:SEED" with an integer seed, e.g. "tiny:0"')
+            self.fail('a tiny source is "tiny:SEED" with an integer seed, e.g. "tiny:0"',
+                      "source")
         if self.shape is not None:
             s = self.shape
             if s.num_attention_heads % s.num_key_value_heads or s.hidden_size % s.num_attention_heads:
@@ -151,6 +154,14 @@ class JsonlFile(Source):
         self._str("messages_field", optional=True)
         if self.field and self.messages_field:
             self.fail("give field or messages_field, not both")
+
+    @model_serializer(mode="wrap")
+    def _one_field(self, dump):
+        """As params.yaml holds it: exactly one of field (default "text") or messages_field."""
+        out = {k: v for k, v in dump(self).items() if v is not None}
+        if "messages_field" not in out:
+            out.setdefault("field", "text")
+        return out
 
 
 class ParquetFile(Source):
@@ -371,9 +382,11 @@ class Scenario(_Checks):
 
     def _check(self) -> None:
         if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(self.device)):
-            self.fail(f'device {self.device!r} is not "cpu", "cuda", "cuda:N" or "mps"')
+            self.fail(f'device {self.device!r} is not "cpu", "cuda", "cuda:N" or "mps"',
+                      "device")
         if not self.batch_sizes:
-            self.fail("batch_sizes must be a non-empty list of positive ints, got []")
+            self.fail("batch_sizes must be a non-empty list of positive ints, got []",
+                      "batch_sizes")
 
     @property
     def context_len(self) -> int:

@@ -47,6 +47,14 @@ class ParamsError(RecipeError):
     """A params.yaml value a stage reads is invalid; the message names its dotted key."""
 
 
+class FieldRule(ValueError):
+    """A rule about one field, raised from a validator: errors name the field's path."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def Int(ge: int | None = None) -> Any:
     """A strict integer (True is not 1), optionally >= `ge`."""
     return Annotated[int, Strict(), Field(ge=ge)]
@@ -119,9 +127,15 @@ def _explain(err: dict, root: type | None) -> tuple[str, str]:
     if kind in ("tuple_type", "list_type", "too_short", "too_long"):
         return path, f" must be a list ({err['msg'].lower()}), got {value!r}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        return path, f" has kind {ctx.get('tag')!r}: use one of {ctx.get('expected_tags')}"
-    if kind == "value_error":  # a cross-field rule of the object at `path`
-        return path, ": " + str(ctx.get("error", err["msg"]))
+        tag = str(ctx.get("discriminator", "kind")).strip("'")
+        return f"{path}.{tag}", f" is {ctx.get('tag')!r}: use one of {ctx.get('expected_tags')}"
+    if kind == "value_error":  # a rule of the object at `path` (or of one of its fields)
+        error = ctx.get("error", err["msg"])
+        field = getattr(error, "field", None)
+        if field is None:
+            return path, ": " + str(error)
+        path, text = ".".join(p for p in (path, field) if p), str(error)
+        return path, text[len(field):] if text.startswith(field + " ") else ": " + text
     return path, f": {err['msg'].lower()}, got {value!r}"
 
 
@@ -260,9 +274,10 @@ class Schema(BaseModel):
         """file:line where this object was built (or the params key it was read from)."""
         return self._origin
 
-    def fail(self, message: str) -> NoReturn:
-        """Reject this object; inside validation the caller adds where and what."""
-        raise ValueError(message)
+    def fail(self, message: str, field: str | None = None) -> NoReturn:
+        """Reject this object (`field`: the rule is about that field); the caller of the
+        validation adds where and what."""
+        raise FieldRule(field, message) if field else ValueError(message)
 
     def _short(self) -> str:
         text = repr(self)

@@ -19,12 +19,12 @@ import copy
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache
 
+from puzzle_dsl.dsl.recipe import Scenario
 from puzzle_dsl.dsl.space import block_piece
 from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import (
     NemotronNasDecoderLayer,
@@ -36,38 +36,9 @@ NOOP = {"attention": block_piece("attention", {"kind": "no_op"}),
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """What to measure: params.yaml `runtime`."""
-
-    batch_sizes: tuple[int, ...] = (16,)
-    prefill_len: int = 128
-    decode_len: int = 128
-    warmup: int = 2
-    repeats: int = 5
-    dtype: str = "float32"
-    device: str = "cpu"
-    clock: str = "wall"  # "cpu": this thread's CPU time (1 torch thread), blind to other processes
-
-    @classmethod
-    def from_params(cls, p: dict) -> Scenario:
-        if p.get("dtype", "float32") not in DTYPES:
-            raise ValueError(f"runtime.dtype={p['dtype']!r}; use one of {sorted(DTYPES)}")
-        if int(p.get("decode_len", 128)) < 2 or int(p.get("prefill_len", 128)) < 1:
-            raise ValueError("runtime.prefill_len must be >= 1 and runtime.decode_len >= 2")
-        return cls(batch_sizes=tuple(int(b) for b in p.get("batch_sizes", [16])),
-                   prefill_len=int(p.get("prefill_len", 128)),
-                   decode_len=int(p.get("decode_len", 128)), warmup=int(p.get("warmup", 2)),
-                   repeats=int(p.get("repeats", 5)), dtype=p.get("dtype", "float32"),
-                   device=p.get("device", "cpu"))
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def context_len(self) -> int:
-        return self.prefill_len + self.decode_len // 2
+def torch_dtype(sc: Scenario) -> torch.dtype:
+    """The torch dtype the scenario measures in."""
+    return DTYPES[sc.dtype]
 
 
 def _sync(device: str) -> None:
@@ -124,7 +95,8 @@ STACK = 4  # layers of one shape timed together: weights stream from memory as i
 
 
 @torch.inference_mode()
-def measure_block(config, subblock: str, piece: dict, sc: Scenario, batch_size: int
+def measure_block(config, subblock: str, piece: dict, sc: Scenario, batch_size: int,
+                  clock: str = "wall"
                   ) -> dict[str, tuple[float, float, int]]:
     """{'prefill': (median, iqr, n), 'decode': ...} per layer of one subblock shape at one batch.
 
@@ -134,9 +106,9 @@ def measure_block(config, subblock: str, piece: dict, sc: Scenario, batch_size: 
     n = max(1, min(STACK, config.num_hidden_layers))
     cfg = one_layer_config(config, subblock, piece)
     cfg.num_hidden_layers, cfg.block_configs = n, [dict(cfg.block_configs[0]) for _ in range(n)]
-    model = NemotronNasForCausalLM(cfg).to(sc.device, sc.torch_dtype).eval()
+    model = NemotronNasForCausalLM(cfg).to(sc.device, torch_dtype(sc)).eval()
     layers, rope = list(model.model.layers), model.model.rotary_emb
-    c, dev, dt = cfg.hidden_size, sc.device, sc.torch_dtype
+    c, dev, dt = cfg.hidden_size, sc.device, torch_dtype(sc)
 
     def run(h, pe, cache):
         for layer in layers:
@@ -148,7 +120,7 @@ def measure_block(config, subblock: str, piece: dict, sc: Scenario, batch_size: 
     pe = rope(h, position_ids=torch.arange(sc.prefill_len, device=dev)[None])
     state = {}
     prefill = time_call(lambda: run(h, pe, state["cache"]), sc.warmup, sc.repeats, dev,
-                        setup=lambda: state.update(cache=DynamicCache()), clock=sc.clock)
+                        setup=lambda: state.update(cache=DynamicCache()), clock=clock)
 
     ctx, cache = sc.context_len, DynamicCache()
     for idx, layer in enumerate(layers):
@@ -160,7 +132,7 @@ def measure_block(config, subblock: str, piece: dict, sc: Scenario, batch_size: 
     pe1 = rope(x, position_ids=torch.tensor([[ctx]], device=dev))
     crop = (lambda: cache.crop(ctx - cache.get_seq_length())) if cache.get_seq_length() else None
     decode = time_call(lambda: run(x, pe1, cache), sc.warmup, sc.repeats, dev, setup=crop,
-                       clock=sc.clock)
+                       clock=clock)
     return {phase: (t[0] / n, t[1] / n, t[2]) for phase, t in
             (("prefill", prefill), ("decode", decode))}
 
@@ -184,15 +156,16 @@ def time_generate(model, batch_size: int, prefill_len: int, new_tokens: int, dev
 
 
 @torch.inference_mode()
-def measure_overhead(config, sc: Scenario, batch_size: int) -> dict[str, tuple[float, float, int]]:
+def measure_overhead(config, sc: Scenario, batch_size: int, clock: str = "wall"
+                     ) -> dict[str, tuple[float, float, int]]:
     """Everything outside the layers, through the real generate loop of an all-no-op child."""
     cfg = copy.deepcopy(config)
     cfg.block_configs = [dict(NOOP) for _ in range(cfg.num_hidden_layers)]
-    model = NemotronNasForCausalLM(cfg).to(sc.device, sc.torch_dtype).eval()
+    model = NemotronNasForCausalLM(cfg).to(sc.device, torch_dtype(sc)).eval()
     one = time_generate(model, batch_size, sc.prefill_len, 1, sc.device, sc.warmup, sc.repeats,
-                        sc.clock)
+                        clock)
     full = time_generate(model, batch_size, sc.prefill_len, sc.decode_len, sc.device, 0,
-                         sc.repeats, sc.clock)
+                         sc.repeats, clock)
     per_step = max(0.0, (full[0] - one[0]) / (sc.decode_len - 1))  # noise can make it < 0
     return {"prefill": one, "decode": (per_step, full[1] / (sc.decode_len - 1), full[2])}
 
@@ -242,7 +215,8 @@ def _key(subblock: str, piece: dict) -> tuple:
     return (subblock, tuple(sorted(piece.items())))
 
 
-def measure_table(config, space: dict, sc: Scenario, extra: dict | None = None) -> list[dict]:
+def measure_table(config, space: dict, sc: Scenario, extra: dict | None = None,
+                  clock: str = "wall") -> list[dict]:
     """runtime.parquet rows for every variant of `space` ({subblock: {name: spec}}) + overhead.
 
     Each distinct block shape is measured once per batch size; `extra` ({subblock: {name:
@@ -254,18 +228,18 @@ def measure_table(config, space: dict, sc: Scenario, extra: dict | None = None) 
             named.append((subblock, name, block_piece(subblock, spec)))
         for name, piece in sorted(((extra or {}).get(subblock) or {}).items()):
             named.append((subblock, name, piece))
-    dtype = sc.torch_dtype
+    dtype = torch_dtype(sc)
     measured: dict[tuple, dict] = {}
     rows = []
     for b in sc.batch_sizes:
         for subblock, name, piece in named:
             key = _key(subblock, piece) + (b,)
             if key not in measured:
-                measured[key] = measure_block(config, subblock, piece, sc, b)
+                measured[key] = measure_block(config, subblock, piece, sc, b, clock)
             pbytes = block_param_bytes(config, subblock, piece, dtype)
             kv = kv_bytes_per_token(config, piece, dtype) if subblock == "attention" else 0
             rows += _rows(subblock, name, b, measured[key], pbytes, kv)
-        rows += _rows("overhead", "overhead", b, measure_overhead(config, sc, b),
+        rows += _rows("overhead", "overhead", b, measure_overhead(config, sc, b, clock),
                       overhead_param_bytes(config, dtype), 0)
     return rows
 
