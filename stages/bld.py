@@ -66,7 +66,7 @@ def main(params: Params, item: str | None) -> None:
         raise ValueError("the bld stage trains one variant: `puzzle-dsl run-stage bld VARIANT`")
     settings = params.bld.common
     subblock, spec = params.space.variant(item)
-    device = distributed.local_device("auto")
+    device = distributed.local_device(settings.device)
     distributed.init_from_env(device)
     _, world = distributed.rank_world()
     if settings.batch_size % world:
@@ -103,7 +103,8 @@ def main(params: Params, item: str | None) -> None:
         inputs.append(Path(layout.CALIBRATION_FILE))
     fingerprint = fingerprint_of(settings, subblock, spec, [p for p in inputs if p.exists()])
     result = train(parent, [job], batches, eval_ids, settings,
-                   checkpoint=resume_dir / "checkpoint.pt", fingerprint=fingerprint)
+                   checkpoint=resume_dir / "checkpoint.pt", fingerprint=fingerprint,
+                   checkpoint_every=settings.checkpoint_every)
     if distributed.is_main():
         _write_outputs(item, subblock, job, layers, result)
     distributed.barrier()

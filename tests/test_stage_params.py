@@ -62,6 +62,7 @@ BAD = [  # (stage program, dotted params key, value after compile, words the mes
     ("bld", "bld.common.init", "zeros", "is 'zeros', not one of 'paper' or 'random'"),
     ("bld", "bld.common.betas", [0.9, 1.5], "must be < 1"),
     ("bld", "bld.common.lr_max", 1.0, "is not a known key"),
+    ("bld", "bld.common.checkpoint_every", -1, "must be >= 0"),
     ("bld", "space.attention.attn_kv1.n_heads_in_group", 0, "must be >= 1"),
     ("bld", "space.attention.attn_kv1.layers", "all", "must be a list"),
     ("calibrate", "calibrate.tokens", "many", "must be an integer"),
@@ -142,4 +143,4 @@ def test_a_stage_program_receives_typed_settings_with_only_its_sections(compiled
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PUZZLE_TRACKING", "0")
     run_stage(*_stage(tmp_path, "bld"), tmp_path)
-    assert (tmp_path / "seen.txt").read_text() == "['BldCommon', 0.001, None, 'gqa']"
+    assert (tmp_path / "seen.txt").read_text() == "['BldRun', 0.001, None, 'gqa']"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from puzzle_dsl.dsl.recipe import (
     GKD,
@@ -159,8 +159,16 @@ class RecipeName(Schema):
     name: Name
 
 
+class BldRun(BldCommon):
+    """params.yaml `bld.common` as the stage reads it: the recipe's BLD settings plus two run
+    knobs that compile leaves at their defaults (set them with `dvc exp run -S`)."""
+
+    checkpoint_every: Int(ge=0) = 200  # steps between resume checkpoints (0: none)
+    device: str = "auto"  # auto: cuda when present, else cpu
+
+
 class BldParams(Schema):
-    common: BldCommon
+    common: BldRun
 
 
 class ScoreParams(Schema):
@@ -176,7 +184,10 @@ class Export(Schema):
 
 
 class Params(Schema):
-    """The whole params.yaml; a stage gets the sections it declares, the others are None."""
+    """The whole params.yaml; a stage gets the sections it declares, the others are None.
+    Sections of a project's own stages (unknown here) pass through as plain data."""
+
+    model_config = ConfigDict(**Schema.model_config) | ConfigDict(extra="allow")
 
     recipe: RecipeName | None = None
     parent: Parent | None = None
@@ -196,3 +207,7 @@ class Params(Schema):
     def read(cls, params: Any) -> Params:
         """Validate params.yaml content (or a stage's part of it) into typed sections."""
         return cls.from_params(params, "")
+
+    def __getitem__(self, section: str) -> Any:
+        """`params["make"]`: a section by name (typed when it is one of the recipe's)."""
+        return getattr(self, section)
