@@ -87,7 +87,8 @@ def _show_value(value) -> str:
 @click.option("--code/--no-code", default=False, help="Also list each stage's code deps.")
 def show(recipe_file: str, code: bool) -> None:
     """Print the stage graph of RECIPE_FILE in run order, with each stage's params."""
-    from puzzle_dsl.compiler.build import build_pipeline, code_deps
+    from puzzle_dsl.compiler.build import build_pipeline
+    from puzzle_dsl.compiler.code_deps import code_deps
     from puzzle_dsl.pipeline.run_stage import select_params
 
     try:
@@ -112,6 +113,23 @@ def show(recipe_file: str, code: bool) -> None:
             click.echo(f"  code: {', '.join(code_deps(stage.program, pipeline.code_root))}")
 
 
+@main.command()
+@click.argument("programs", nargs=-1, required=True)
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Pipeline root (the folder of dvc.yaml and stages/).")
+def fingerprint(programs: tuple[str, ...], root: str) -> None:
+    """Write the code fingerprint of each stage program (what the `code` stage runs)."""
+    from puzzle_dsl.compiler.code_deps import write_fingerprints
+    from puzzle_dsl.pipeline import layout
+
+    base = Path(root)
+    try:
+        written = write_fingerprints(list(programs), base, base / layout.CODE_DIR)
+    except (FileNotFoundError, SyntaxError) as exc:
+        _fail(exc)
+    click.echo(f"fingerprinted {len(written)} stage programs -> {layout.CODE_DIR}/")
+
+
 @main.command("run-stage")
 @click.argument("name")
 @click.argument("item", required=False)
@@ -129,17 +147,28 @@ def run_stage_cmd(name: str, item: str | None, root: str) -> None:
 
 @main.command()
 @click.option("-j", "--jobs", default=2, show_default=True, type=click.IntRange(1),
-              help="Stages run at once.")
+              help="Dask workers: stages run at once.")
+@click.option("--cluster", default="local", show_default=True,
+              type=click.Choice(["local", "slurm"]),
+              help="local: workers on this machine; slurm: dask-jobqueue SLURMCluster.")
+@click.option("--slurm-config", type=click.Path(dir_okay=False),
+              help="YAML of SLURMCluster settings (queue, cores, memory, walltime, ...).")
+@click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://HOST:PORT).")
 @click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Pipeline root (the folder of dvc.yaml).")
-def repro(jobs: int, root: str) -> None:
-    """Reproduce the pipeline with JOBS stages at once (DVC single-stage repro per stage).
+def repro(jobs: int, cluster: str, slurm_config: str | None, scheduler: str | None,
+          root: str) -> None:
+    """Reproduce the pipeline on a Dask cluster, one DVC single-stage repro per task.
 
     Ends in the state a serial `dvc repro` reaches: same dvc.lock, outputs in the cache.
     """
-    from puzzle_dsl.pipeline.repro import parallel_repro
+    from puzzle_dsl.pipeline.repro import ReproError, parallel_repro
 
-    results = parallel_repro(root, jobs=jobs, echo=click.echo)
+    try:
+        results = parallel_repro(root, jobs=jobs, cluster=cluster, scheduler=scheduler,
+                                 slurm_config=slurm_config, echo=click.echo)
+    except ReproError as exc:
+        _fail(exc)
     if any(r.returncode for r in results):
         raise SystemExit(1)
 

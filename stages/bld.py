@@ -115,8 +115,8 @@ def _write_outputs(item: str, subblock: str, job, layers: list[int], result) -> 
     import polars as pl
     from safetensors.torch import save_file
 
-    from puzzle_dsl.model.checkpoint import atomic_dir
     from puzzle_dsl.model.library import BLOCKS_FILE
+    from puzzle_dsl.pipeline.atomic import atomic_dir
 
     library = Path(layout.library_dir(item))
     with atomic_dir(library) as tmp:

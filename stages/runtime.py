@@ -22,8 +22,9 @@ def main(params: Params, item: str | None) -> None:
     import torch
 
     from puzzle_dsl.dsl.space import parent_piece
-    from puzzle_dsl.model.checkpoint import atomic_dir, load_parent
+    from puzzle_dsl.model.checkpoint import load_parent
     from puzzle_dsl.model.library import parent_shape_of
+    from puzzle_dsl.pipeline.atomic import atomic_dir
     from puzzle_dsl.runtime.measure import (
         hardware_info,
         measure_table,

@@ -386,12 +386,18 @@ def test_code_deps_of_a_missing_program_are_just_its_path(tmp_path):
     assert code_deps("nothing", tmp_path) == ["stages/nothing.py"]
 
 
-def test_compiled_stages_depend_on_their_code(tmp_path):
+def test_compiled_stages_depend_on_the_fingerprint_of_their_code(tmp_path):
     _code_tree(tmp_path)
     pipeline = build_pipeline(smol(), tmp_path, code_root=tmp_path)
     stages = yaml.safe_load(render(pipeline)["dvc.yaml"])["stages"]
-    assert "stages/bld.py" in stages["bld-attn_kv1"]["deps"]
-    assert "stages/search.py" in stages["search"]["deps"]
+    assert "artifacts/code/bld.json" in stages["bld-attn_kv1"]["deps"]
+    assert "artifacts/code/search.json" in stages["search"]["deps"]
+    assert not any(d.endswith(".py") for s in stages.values() if s is not stages["code"]
+                   for d in s["deps"])
+    code = stages["code"]
+    assert {"stages/bld.py", "stages/search.py"} <= set(code["deps"])
+    assert "artifacts/code/bld.json" in code["outs"]
+    assert code["cmd"].startswith("puzzle-dsl fingerprint ")
 
 
 # ---------------------------------------------------------------------------- parent shapes

@@ -135,7 +135,7 @@ def test_score_split_too_small_is_a_clear_error(tmp_path):
 
 
 def test_lm_eval_scoring_gives_accuracies(parent, variant_blocks, shared_data):
-    pytest.importorskip("puzzle_dsl.evaluate.lm_eval_runner")
+    pytest.importorskip("puzzle_dsl.tasks.runner")
     model, tokenizer = parent
     tasks = [{"name": "copa", "path": str(shared_data / "copa" / "copa.jsonl")}]
     blocks = {i: variant_blocks["ffn_noop"][1][i] for i in (0, 3)}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from puzzle_dsl.evaluate import tasks as T
 
-from puzzle_dsl.evaluate.tasks import TaskFileError, validate_task_file, write_tasks
+from puzzle_dsl.tasks import files as T
+from puzzle_dsl.tasks.files import TaskFileError, validate_task_file, write_tasks
 
 LM_EVAL_TASKS = Path(importlib.util.find_spec("lm_eval").submodule_search_locations[0]) / "tasks"
 SMOLLM2 = Path("/tmp/smollm2")
@@ -220,7 +220,7 @@ def test_local_task_yaml_reads_the_file_by_absolute_path(tmp_path, monkeypatch):
     config = yaml.safe_load(text.replace("!function ", ""))
     assert config["dataset_path"] == "json"
     assert config["dataset_kwargs"] == {"data_files": {"test": str(tmp_path / "arc.jsonl")}}
-    assert "process_docs: !function puzzle_dsl.evaluate.tasks.process_arc" in text
+    assert "process_docs: !function puzzle_dsl.tasks.files.process_arc" in text
 
 
 def test_label_outside_the_choices_names_file_and_record(tmp_path):
@@ -286,7 +286,7 @@ def _shared_tasks(data: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def shared_scores(tiny, shared_data):
-    from puzzle_dsl.evaluate.lm_eval_runner import evaluate_tasks
+    from puzzle_dsl.tasks.runner import evaluate_tasks
 
     return evaluate_tasks(*tiny, _shared_tasks(shared_data), limit=3, batch_size=8)
 
@@ -300,7 +300,7 @@ def test_shared_benchmark_scores_offline_on_the_tiny_parent(shared_scores, task)
 
 
 def test_every_local_format_runs_through_lm_eval(tmp_path, tiny):
-    from puzzle_dsl.evaluate.lm_eval_runner import evaluate_tasks
+    from puzzle_dsl.tasks.runner import evaluate_tasks
 
     (tmp_path / "lambada.txt").write_text("the cat sat on the mat\nshe opened the old door\n")
     tasks = [
@@ -323,7 +323,7 @@ def test_smollm2_scores_above_chance_on_arc_easy(shared_data):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from puzzle_dsl.evaluate.lm_eval_runner import evaluate_tasks
+    from puzzle_dsl.tasks.runner import evaluate_tasks
 
     model = AutoModelForCausalLM.from_pretrained(SMOLLM2, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(SMOLLM2)

@@ -1,7 +1,7 @@
 """Evaluate a model the same way for the parent and every child.
 
 - text metrics on held-out token rows: KL(parent || model), LM loss, perplexity;
-- lm-eval tasks (puzzle_dsl.evaluate.lm_eval_runner);
+- lm-eval tasks (puzzle_dsl.tasks.runner);
 - a measured generation benchmark, child and parent in the same process -> speedup ratio.
 """
 
@@ -54,7 +54,7 @@ def task_scores(model: torch.nn.Module, tokenizer, tasks: list[dict], *, limit: 
     """lm-eval scores {task: {metric: value}} (numbers only); {} when no tasks are configured."""
     if not tasks:
         return {}
-    from puzzle_dsl.evaluate.lm_eval_runner import evaluate_tasks
+    from puzzle_dsl.tasks.runner import evaluate_tasks
 
     raw = evaluate_tasks(model, tokenizer, tasks, limit=limit, batch_size=batch_size)
     return {task: {m: float(v) for m, v in metrics.items()

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from puzzle_dsl.pipeline import layout
-from puzzle_dsl.pipeline.repro import stage_graph
+from puzzle_dsl.pipeline.stage_graph import stage_graph
 
 FFN_GRID = 256  # Nemotron-NAS readers round 2 * ffn_mult * hidden / 3 up to a multiple of 256
 
@@ -199,7 +199,8 @@ def export_child(child_dir: str | Path, out_dir: str | Path, *, title: str, reci
                  lock: Mapping[str, Mapping[str, str]] | None = None,
                  source: str | None = None) -> Path:
     """Write `out_dir` (replaced atomically): the child, README.md, architecture.png."""
-    from puzzle_dsl.model.checkpoint import atomic_dir, load_child, save_child
+    from puzzle_dsl.model.checkpoint import load_child, save_child
+    from puzzle_dsl.pipeline.atomic import atomic_dir
     from puzzle_dsl.report.plots import architecture_plot
 
     model, tokenizer = load_child(child_dir)

@@ -9,11 +9,7 @@ inside puzzle-dsl we always load through our own classes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +17,7 @@ from transformers import AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
 
 from puzzle_dsl.model.nemotron_nas.configuration_nemotron_nas import NemotronNasConfig
 from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
+from puzzle_dsl.pipeline.atomic import atomic_dir
 
 CHILD_CODE_DIR = Path(__file__).resolve().parent / "nemotron_nas"
 CHILD_CODE_FILES = ("configuration_nemotron_nas.py", "modeling_nemotron_nas.py")
@@ -31,29 +28,6 @@ AUTO_MAP = {
 }
 # config.json keys that belong to the Llama class, not to the child
 _DROP_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
-
-
-@contextmanager
-def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temp dir beside `out_dir`; on success it replaces `out_dir` in one rename."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        for f in tmp.rglob("*"):  # some writers create 0600 files; children are shared artifacts
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _config_dict(config) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from puzzle_dsl.dsl.parent_shape import default_gguf
-from puzzle_dsl.model.checkpoint import atomic_dir
+from puzzle_dsl.pipeline.atomic import atomic_dir
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

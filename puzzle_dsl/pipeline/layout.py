@@ -11,6 +11,8 @@ METRICS = "metrics"
 PLOTS = "plots"
 EXPORTS = "exports"
 
+# code fingerprints: {program}.json, what each stage program runs (compiler/code_deps.py)
+CODE_DIR = f"{ARTIFACTS}/code"
 # parent import: a plain float checkpoint + tokenizer (Llama weights, HF layout)
 PARENT_DIR = f"{ARTIFACTS}/parent"
 # tokenized, packed, split corpus: {train,score,valid}.npy (int32, shape [n_seq, seq_len]) + stats.json
@@ -34,6 +36,11 @@ PARENT_EVAL_METRICS = f"{METRICS}/eval/parent.json"
 
 # the results table of the parent and every child: one metrics file per model, and Markdown
 RESULTS_TABLE = f"{ARTIFACTS}/report/results.md"
+
+
+def code_fingerprint(program: str) -> str:
+    """The fingerprint of the code `stages/PROGRAM.py` runs (written by the `code` stage)."""
+    return f"{CODE_DIR}/{program}.json"
 
 
 def results_metrics(model: str) -> str:

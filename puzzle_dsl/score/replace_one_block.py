@@ -189,7 +189,7 @@ def accuracy(task_result: dict) -> float:
 def parent_lm_eval(model: nn.Module, tokenizer, tasks: list[dict], *,
                    limit: float | None = None, batch_size: int = 8) -> dict[str, float]:
     """{task: accuracy} of the unpatched model."""
-    from puzzle_dsl.evaluate.lm_eval_runner import evaluate_tasks
+    from puzzle_dsl.tasks.runner import evaluate_tasks
 
     results = evaluate_tasks(model, tokenizer, tasks, limit=limit, batch_size=batch_size)
     return {task: accuracy(r) for task, r in results.items()}
@@ -200,7 +200,7 @@ def score_lm_eval(model: nn.Module, tokenizer, subblock: str,
                   limit: float | None = None, batch_size: int = 8
                   ) -> dict[int, dict[str, float]]:
     """{layer: {task: accuracy}} of the patched model, by the real lm-eval harness."""
-    from puzzle_dsl.evaluate.lm_eval_runner import evaluate_tasks
+    from puzzle_dsl.tasks.runner import evaluate_tasks
 
     if not tasks:
         raise ValueError("metric lm_eval needs score.common.tasks, e.g. "

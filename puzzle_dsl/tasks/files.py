@@ -193,7 +193,7 @@ process_winogrande = _process(winogrande)
 
 # ---------------------------------------------------------------- formats -> YAML
 
-_HERE = "puzzle_dsl.evaluate.tasks"
+_HERE = "puzzle_dsl.tasks.files"
 _ACC = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
 _ACC_NORM = _ACC + [{"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]
 _MC = {

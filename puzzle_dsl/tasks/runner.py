@@ -35,7 +35,7 @@ def evaluate_tasks(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from puzzle_dsl.evaluate.tasks import write_tasks
+    from puzzle_dsl.tasks.files import write_tasks
 
     entries = [{"name": t} if isinstance(t, str) else t for t in tasks]
     if not entries:

@@ -1,0 +1,1 @@
+"""Benchmark tasks: local task files as lm-eval tasks, and running lm-eval on a model in memory."""
