@@ -55,6 +55,7 @@ def _files(root: Path) -> dict[str, bytes]:
 BAD = [  # (stage program, dotted params key, value after compile, words the message must hold)
     ("bld", "bld.common.lr", "abc", "must be a number, got 'abc'"),
     ("bld", "bld.common.lr", 0, "must be > 0"),
+    ("bld", "bld.common.lr", "1e-4", "write 1.0e-4"),  # PyYAML reads 1e-4 as a string
     ("bld", "bld.common.lr", -1e-3, "must be > 0"),
     ("bld", "bld.common.tokens", -5, "must be >= 1"),
     ("bld", "bld.common.batch_size", 2.5, "must be an integer"),

@@ -400,15 +400,13 @@ def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
         "space": space,
         "calibrate": r.bld.calibrate().section(),
         "bld": {"common": r.bld.section(*BldCommon.model_fields)},
-        "score": {"common": {**r.scoring.section("metric", "tokens", "batch_size", "limit"),
-                             "tasks": _tasks(r.scoring.tasks, root)}},
+        "score": {"common": {**r.scoring.section(), "tasks": _tasks(r.scoring.tasks, root)}},
         "runtime": r.scenario.section(),
         "search": {**r.search.section(*SearchLimits.model_fields), "objective": r.objective,
                    "throughput": throughput, "fixed": resolve_fixed(r, shape, space),
                    "baselines": resolve_baselines(r, shape, space)},
         "gkd": r.gkd.section(),
-        "evaluate": {**r.evaluation.section("limit", "batch_size", "benchmark"),
-                     "tasks": _tasks(r.evaluation.tasks, root)},
+        "evaluate": {**r.evaluation.section(), "tasks": _tasks(r.evaluation.tasks, root)},
         "report": {"children": [layout.solution_name(k) for k in range(
             1 if r.search.fixed else r.search.num_solutions)] + [sanitize(b.name)
                                                                  for b in r.search.baselines]},

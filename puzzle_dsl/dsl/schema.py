@@ -110,7 +110,7 @@ def _explain(err: dict, root: type | None) -> tuple[str, str]:
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return path, f" must be an integer, got {value!r}"
     if kind in ("float_type", "float_parsing"):
-        return path, f" must be a number, got {value!r}"
+        return path, f" must be a number, got {value!r}" + _yaml_hint(value)
     if kind in ("string_type", "string_too_short"):
         return path, f" must be a non-empty string, got {value!r}"
     if kind in ("bool_type", "bool_parsing"):
@@ -137,6 +137,17 @@ def _explain(err: dict, root: type | None) -> tuple[str, str]:
         path, text = ".".join(p for p in (path, field) if p), str(error)
         return path, text[len(field):] if text.startswith(field + " ") else ": " + text
     return path, f": {err['msg'].lower()}, got {value!r}"
+
+
+def _yaml_hint(value: Any) -> str:
+    """Why a number written like 1e-4 arrives as text: YAML 1.1 needs a dot (1.0e-4)."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return " (YAML reads 1e-4 as text: write 1.0e-4 or 0.0001)"
 
 
 def _reasons(exc: ValidationError, root: type | None = None) -> list[tuple[str, str]]:
