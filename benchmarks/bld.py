@@ -21,7 +21,8 @@ import torch
 
 from puzzle_dsl.bld.calibrate import calibrate, contribution_key
 from puzzle_dsl.bld.loss import normalized_mse
-from puzzle_dsl.bld.train import BldSettings, TrainBatches, VariantJob, make_block, run_block, train
+from puzzle_dsl.bld.train import TrainBatches, VariantJob, make_block, run_block, train
+from puzzle_dsl.dsl.recipe import BldCommon
 from puzzle_dsl.model.checkpoint import load_parent
 from puzzle_dsl.train.optim import clip_grad_norms, make_optimizer
 
@@ -102,8 +103,8 @@ def main() -> None:
         batches = TrainBatches(corpus(tokenizer, args.seq, Path(tmp) / "train.npy"), args.batch, 0)
         contributions, _ = calibrate(parent, [batches(100 + k) for k in range(2)])
         layers = list(range(args.layers))
-        settings = BldSettings(tokens=(args.steps + 1) * args.batch * args.seq,
-                               batch_size=args.batch, device="cpu")
+        settings = BldCommon(tokens=(args.steps + 1) * args.batch * args.seq,
+                             batch_size=args.batch)
         print(f"parent {args.parent}, layers 0..{args.layers - 1}, batch {args.batch}x{args.seq}, "
               f"{args.steps + 1} steps, {torch.get_num_threads()} threads")
         print(f"{'variants':<40} {'BLD blk-tok/s':>14} {'isolated':>10} {'ratio':>6}")

@@ -9,8 +9,9 @@ import argparse
 import statistics
 import time
 
+from puzzle_dsl.dsl import Scenario
 from puzzle_dsl.model.checkpoint import load_parent
-from puzzle_dsl.runtime.measure import Scenario, measure_table
+from puzzle_dsl.runtime.measure import measure_table
 
 SPACE = {"attention": {"attn_kv3": {"kind": "gqa", "n_heads_in_group": 3},
                        "attn_kv1": {"kind": "gqa", "n_heads_in_group": 9},

@@ -11,7 +11,6 @@ Run: python benchmarks/timing_guard.py [--seconds 60]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import subprocess
 import sys
@@ -19,12 +18,13 @@ import tempfile
 
 import torch
 
+from puzzle_dsl.dsl import Scenario, Timing
 from puzzle_dsl.dsl.space import parent_piece
 from puzzle_dsl.model.checkpoint import load_parent
 from puzzle_dsl.model.library import parent_shape_of
 from puzzle_dsl.model.tiny import make_tiny_parent
 from puzzle_dsl.runtime.guard import NoisyTiming
-from puzzle_dsl.runtime.measure import Scenario, measure_runtime
+from puzzle_dsl.runtime.measure import measure_runtime
 
 BURN = ("import os, sys, time\nos.sched_setaffinity(0, {int(sys.argv[1])})\n"
         "end = time.time() + float(sys.argv[2])\nwhile time.time() < end:\n    pass\n")
@@ -48,8 +48,8 @@ def main() -> None:
     base = Scenario(batch_sizes=(2,), prefill_len=16, decode_len=16, warmup=1, repeats=5)
 
     def measure(timing: dict, clock: str = "wall") -> dict:
-        sc = dataclasses.replace(base, timing=timing, clock=clock)
-        m = measure_runtime(model.config, SPACE, sc, extra, model, layers)
+        sc = base.replace(timing=Timing(**timing))
+        m = measure_runtime(model.config, SPACE, sc, extra, model, layers, clock=clock)
         return {**m.parent["2"], **m.conditions["2"]}
 
     ref = measure(OFF, clock="cpu")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import Params
+
 
 def load_solution(name: str | None) -> dict:
     """The entry `name` of artifacts/search/solutions.json."""
@@ -20,7 +22,7 @@ def load_solution(name: str | None) -> dict:
                      f"{[s['name'] for s in solutions]}: recompile the recipe or rerun search")
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     from puzzle_dsl.model.assemble import assemble_child
     from puzzle_dsl.model.checkpoint import save_child
     from puzzle_dsl.pipeline import layout

@@ -8,8 +8,10 @@ noisy fails the stage (puzzle_dsl.runtime.guard) instead of writing a speedup.
 
 from __future__ import annotations
 
+from puzzle_dsl.dsl.params import Params
 
-def main(params: dict, item: str | None) -> None:
+
+def main(params: Params, item: str | None) -> None:
     import torch
 
     from puzzle_dsl.evaluate.benchmark import generation_benchmark
@@ -18,14 +20,14 @@ def main(params: dict, item: str | None) -> None:
     from puzzle_dsl.pipeline.atomic import write_json
     from puzzle_dsl.runtime.conditions import describe
 
-    cfg = params["benchmark"]
+    cfg = params.benchmark
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = {"parent": load_parent(layout.PARENT_DIR)[0].to(device)}
-    for child in params["report"]["children"]:
+    for child in params.report.children:
         models[child] = load_child(layout.gkd_dir(child))[0].to(device)
-    result = generation_benchmark(models, batch_size=cfg["batch_size"],
-                                  prefill_len=cfg["prefill_len"], decode_len=cfg["decode_len"],
-                                  repeats=cfg["repeats"], timing=cfg.get("timing"))
+    result = generation_benchmark(models, batch_size=cfg.batch_size, prefill_len=cfg.prefill_len,
+                                  decode_len=cfg.decode_len, repeats=cfg.repeats,
+                                  timing=cfg.timing.section())
     for name, fig in result["models"].items():
         speed = (f", {fig['speedup']:.2f}x +- {fig['speedup_spread']:.2f}"
                  if "speedup" in fig else "")

@@ -22,15 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline import layout
-
-
-def find_variant(space: dict, name: str) -> tuple[str, dict]:
-    """(subblock, spec) of variant `name` in params.yaml's `space`."""
-    for subblock in ("attention", "ffn"):
-        if name in (space.get(subblock) or {}):
-            return subblock, space[subblock][name]
-    raise ValueError(f"variant {name!r} is not in space.attention or space.ffn of params.yaml")
 
 
 def _write_text(path: str | Path, text: str) -> None:
@@ -53,12 +46,11 @@ def _contributions(layers: list[int]):
     return {i: tensors[contribution_key(i)] for i in layers}
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     import numpy as np
     import torch
 
     from puzzle_dsl.bld.train import (
-        BldSettings,
         TrainBatches,
         VariantJob,
         fingerprint_of,
@@ -72,9 +64,9 @@ def main(params: dict, item: str | None) -> None:
 
     if not item:
         raise ValueError("the bld stage trains one variant: `puzzle-dsl run-stage bld VARIANT`")
-    settings = BldSettings.from_params(params["bld"]["common"])
-    subblock, spec = find_variant(params["space"], item)
-    device = settings.torch_device()
+    settings = params.bld.common
+    subblock, spec = params.space.variant(item)
+    device = distributed.local_device(settings.device)
     distributed.init_from_env(device)
     _, world = distributed.rank_world()
     if settings.batch_size % world:
@@ -111,7 +103,8 @@ def main(params: dict, item: str | None) -> None:
         inputs.append(Path(layout.CALIBRATION_FILE))
     fingerprint = fingerprint_of(settings, subblock, spec, [p for p in inputs if p.exists()])
     result = train(parent, [job], batches, eval_ids, settings,
-                   checkpoint=resume_dir / "checkpoint.pt", fingerprint=fingerprint)
+                   checkpoint=resume_dir / "checkpoint.pt", fingerprint=fingerprint,
+                   checkpoint_every=settings.checkpoint_every)
     if distributed.is_main():
         _write_outputs(item, subblock, job, layers, result)
     distributed.barrier()

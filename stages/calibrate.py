@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline import layout
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -21,14 +22,14 @@ def main(params: dict, item: str | None) -> None:
     from puzzle_dsl.corpus.dataset import iter_batches
     from puzzle_dsl.model.checkpoint import load_parent
 
-    cfg = params["calibrate"]
+    cfg = params.calibrate
     train = Path(layout.CORPUS_DIR, "train.npy")
     if not train.is_file():
         raise FileNotFoundError(f"no {train}: run the `corpus` stage first")
     parent, _ = load_parent(layout.PARENT_DIR, dtype=torch.float32)
     if torch.cuda.is_available():
         parent = parent.cuda()
-    batches = iter_batches(train, int(cfg["batch_size"]), limit_tokens=int(cfg["tokens"]))
+    batches = iter_batches(train, cfg.batch_size, limit_tokens=cfg.tokens)
     contributions, tokens = calibrate(parent, batches)
     out = Path(layout.CALIBRATION_FILE)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline import layout
 
 
@@ -22,7 +23,7 @@ def _load_parent(parent_dir: str):
     return model.eval()
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     from transformers import AutoTokenizer
 
     from puzzle_dsl.corpus.dataset import build_corpus, corpus_metrics
@@ -32,7 +33,7 @@ def main(params: dict, item: str | None) -> None:
         raise FileNotFoundError(f"no parent at {layout.PARENT_DIR}: run the `parent` stage first")
     tokenizer = AutoTokenizer.from_pretrained(layout.PARENT_DIR)
     stats = build_corpus(
-        params["corpus"],
+        params.corpus.section(),
         tokenizer,
         layout.CORPUS_DIR,
         load_model=lambda: _load_parent(layout.PARENT_DIR),

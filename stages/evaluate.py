@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline.atomic import write_json
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     import numpy as np
     import torch
 
@@ -22,7 +23,7 @@ def main(params: dict, item: str | None) -> None:
 
     if not item:
         raise ValueError("evaluate needs an item: `parent` or a solution name such as `sol0`")
-    ev = params["evaluate"]
+    ev = params.evaluate
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     parent, tokenizer = load_parent(layout.PARENT_DIR)
     models = {"parent": parent.to(device)}
@@ -30,13 +31,12 @@ def main(params: dict, item: str | None) -> None:
         models["assembled"] = load_child(layout.assembled_dir(item))[0].to(device)
         models["gkd"] = load_child(layout.gkd_dir(item))[0].to(device)
     valid = np.load(Path(layout.CORPUS_DIR) / "valid.npy", mmap_mode="r")
-    text = text_metrics(models, parent, valid, batch_size=ev.get("batch_size", 8))
+    text = text_metrics(models, parent, valid, batch_size=ev.batch_size)
     # tasks for the model this stage is about; the assembled child gets KL / perplexity only
     tasked = "parent" if item == "parent" else "gkd"
     results = {name: {**text[name], **model_facts(m),
-                      **({"tasks": task_scores(m, tokenizer, ev.get("tasks") or [],
-                                               limit=ev.get("limit"),
-                                               batch_size=ev.get("batch_size", 8))}
+                      **({"tasks": task_scores(m, tokenizer, [t.section() for t in ev.tasks],
+                                               limit=ev.limit, batch_size=ev.batch_size)}
                          if name == tasked else {})}
                for name, m in models.items() if name != "parent" or item == "parent"}
     if item == "parent":

@@ -14,20 +14,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline.atomic import write_json
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     import numpy as np
 
-    from puzzle_dsl.gkd.distill import GkdConfig, distill, summary, write_plot
+    from puzzle_dsl.gkd.distill import distill, summary, write_plot
     from puzzle_dsl.model.checkpoint import load_child, load_parent, save_child
     from puzzle_dsl.pipeline import layout
     from puzzle_dsl.train import distributed
 
     if not item:
         raise ValueError("gkd needs a solution item: `puzzle-dsl run-stage gkd sol0`")
-    cfg = GkdConfig.from_params(params["gkd"])
+    cfg = params.gkd
     device = distributed.local_device("auto")
     distributed.init_from_env(device)
     parent, _ = load_parent(layout.PARENT_DIR)

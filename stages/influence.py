@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.pipeline.atomic import write_json
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     import torch
 
     from puzzle_dsl.corpus.dataset import iter_batches

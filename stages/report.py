@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.pipeline.atomic import write_json, write_text
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     from puzzle_dsl.report.table import markdown, results_table
 
     def read(path: str) -> dict:
@@ -23,7 +24,7 @@ def main(params: dict, item: str | None) -> None:
             raise FileNotFoundError(f"{path} is missing: run the stage that writes it first")
         return json.loads(Path(path).read_text())
 
-    children = params["report"]["children"]
+    children = params.report.children
     bench = read(layout.BENCHMARK_METRICS)
     rows = results_table(read(layout.PARENT_EVAL_METRICS),
                          {c: read(layout.eval_metrics(c)) for c in children},

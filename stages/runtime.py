@@ -12,13 +12,14 @@ machine, the scenario and the conditions of each batch's rounds (load, waits, ot
 
 from __future__ import annotations
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.pipeline.atomic import write_json
 
 PARENT = "(parent)"  # internal name of the parent's own pieces; never a valid variant name
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     import json
 
     import polars as pl
@@ -29,13 +30,11 @@ def main(params: dict, item: str | None) -> None:
     from puzzle_dsl.model.library import parent_shape_of
     from puzzle_dsl.pipeline.atomic import atomic_dir
     from puzzle_dsl.runtime.conditions import describe, machine_info
-    from puzzle_dsl.runtime.measure import Scenario, measure_runtime
+    from puzzle_dsl.runtime.measure import measure_runtime, torch_dtype
 
-    sc = Scenario.from_params(params["runtime"])
-    space = {sub: {name: spec for name, spec in (params["space"].get(sub) or {}).items()}
-             for sub in ("attention", "ffn")}
+    sc, space = params.runtime, params.space.specs()
     torch.manual_seed(0)
-    model, _ = load_parent(layout.PARENT_DIR, sc.torch_dtype)
+    model, _ = load_parent(layout.PARENT_DIR, torch_dtype(sc))
     model = model.to(sc.device)
     config, shape = model.config, parent_shape_of(model.config)
     extra = {sub: {PARENT: parent_piece(sub, shape)} for sub in ("attention", "ffn")}

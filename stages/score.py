@@ -12,15 +12,9 @@ import json
 import os
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import Params
+from puzzle_dsl.dsl.recipe import Scoring
 from puzzle_dsl.pipeline import layout
-
-
-def find_variant(space: dict, name: str) -> tuple[str, dict]:
-    """(subblock, spec) of variant `name` in params.yaml's `space`."""
-    for subblock in ("attention", "ffn"):
-        if name in (space.get(subblock) or {}):
-            return subblock, space[subblock][name]
-    raise ValueError(f"variant {name!r} is not in space.attention or space.ffn of params.yaml")
 
 
 def _atomic(path: str, write) -> None:
@@ -31,7 +25,8 @@ def _atomic(path: str, write) -> None:
     tmp.replace(path)
 
 
-def compute_scores(common: dict, subblock: str, spec: dict, name: str) -> dict[int, tuple[float, int]]:
+def compute_scores(common: Scoring, subblock: str, spec: dict, name: str
+                   ) -> dict[int, tuple[float, int]]:
     """{layer: (value, tokens)} for variant `name` on the pipeline's parent and corpus."""
     import torch
 
@@ -47,22 +42,22 @@ def compute_scores(common: dict, subblock: str, spec: dict, name: str) -> dict[i
         score_parent,
     )
 
-    metric = common.get("metric", "kl")
+    metric = common.metric
     if metric not in METRICS:
         raise ValueError(f"score.common.metric={metric!r}; use one of {list(METRICS)}")
+    tasks = [t.section() for t in common.tasks]
     layers = [int(i) for i in spec["layers"]]
     torch.manual_seed(0)
     model, tokenizer = load_parent(layout.PARENT_DIR, torch.float32)
     shape = parent_shape_of(model.config)
 
     def batches():
-        return score_batches(f"{layout.CORPUS_DIR}/score.npy", int(common["tokens"]),
-                             int(common["batch_size"]))
+        return score_batches(f"{layout.CORPUS_DIR}/score.npy", common.tokens, common.batch_size)
 
     if is_parent_variant(subblock, spec, shape):  # the unpatched parent, once
         if metric == "lm_eval":
-            acc = parent_lm_eval(model, tokenizer, common.get("tasks") or [],
-                                 limit=common.get("limit"), batch_size=int(common["batch_size"]))
+            acc = parent_lm_eval(model, tokenizer, tasks, limit=common.limit,
+                                 batch_size=common.batch_size)
             return {i: (sum(acc.values()) / len(acc), 0) for i in layers}
         value, tokens = score_parent(model, batches(), metric)
         return {i: (value, tokens) for i in layers}
@@ -70,21 +65,21 @@ def compute_scores(common: dict, subblock: str, spec: dict, name: str) -> dict[i
     state = model.state_dict()
     blocks = {i: load_block(model.config, subblock, spec, i, library, state) for i in layers}
     if metric == "lm_eval":
-        accs = score_lm_eval(model, tokenizer, subblock, blocks, common.get("tasks") or [],
-                             limit=common.get("limit"), batch_size=int(common["batch_size"]))
+        accs = score_lm_eval(model, tokenizer, subblock, blocks, tasks, limit=common.limit,
+                             batch_size=common.batch_size)
         return {i: (sum(a.values()) / len(a), 0) for i, a in accs.items()}
     return score_blocks(model, batches(), subblock, blocks, metric)
 
 
-def main(params: dict, item: str | None) -> None:
+def main(params: Params, item: str | None) -> None:
     import polars as pl
 
     if not item:
         raise ValueError("score runs per variant: `puzzle-dsl run-stage score VARIANT`")
-    common = params["score"]["common"]
-    subblock, spec = find_variant(params["space"], item)
+    common = params.score.common
+    subblock, spec = params.space.variant(item)
     scores = compute_scores(common, subblock, spec, item)
-    metric = common.get("metric", "kl")
+    metric = common.metric
     layers = sorted(scores)
     df = pl.DataFrame({"layer": layers, "variant": [item] * len(layers),
                        "subblock": [subblock] * len(layers), "metric": [metric] * len(layers),

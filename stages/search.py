@@ -19,6 +19,13 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from puzzle_dsl.dsl.params import (
+    DepthPruningPlan,
+    LayerPick,
+    Params,
+    SearchParams,
+    UniformWidthPlan,
+)
 from puzzle_dsl.dsl.space import block_piece
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.search import mip, plots
@@ -34,19 +41,18 @@ from puzzle_dsl.search.constraints import (
 )
 from puzzle_dsl.search.mip import Choice, Problem, SearchError
 
-DEFAULTS = {"objective": "kl", "throughput": None, "memory_gib": None, "latency_s": None,
-            "max_params": None, "num_solutions": 3, "diversity_alpha": 0.8, "pareto_points": 10,
-            "time_limit_s": 60, "fixed": None, "baselines": []}
+# solutions.json `scenario` starts with these search settings, in this order
+SCENARIO_KEYS = ("objective", "throughput", "memory_gib", "latency_s", "max_params",
+                 "num_solutions", "diversity_alpha", "pareto_points", "time_limit_s")
 
 
-def main(params: dict, item: str | None = None) -> None:
-    search = {**DEFAULTS, **params["search"]}
-    space = params["space"]
-    check_params(search)
+def main(params: Params, item: str | None = None) -> None:
+    search, space = params.search, params.space.specs()
     t0 = time.perf_counter()
-    problem = load_problem(space, search["objective"])
-    rt = load_runtime(space, layout.RUNTIME_DIR, params.get("runtime"))
-    if search["fixed"]:
+    problem = load_problem(space, search.objective)
+    runtime = params.runtime.section() if params.runtime else None
+    rt = load_runtime(space, layout.RUNTIME_DIR, runtime)
+    if search.fixed:
         solutions = [fixed_solution(problem, rt, search)]
     else:
         solutions = mip_solutions(problem, rt, search)
@@ -59,55 +65,18 @@ def main(params: dict, item: str | None = None) -> None:
     batch = solutions[0]["predicted"]["batch_size"]
     points = pareto_points(problem, rt, search, batch)
     elapsed = time.perf_counter() - t0
-    scenario = {**{k: search[k] for k in DEFAULTS if k not in ("fixed", "baselines")},
-                "fixed": bool(search["fixed"]),
-                "baselines": [b["name"] for b in search["baselines"]], "batch_sizes": list(rt.batch_sizes),
+    settings = search.section(*SCENARIO_KEYS)
+    scenario = {**{k: settings[k] for k in SCENARIO_KEYS}, "fixed": bool(search.fixed),
+                "baselines": [b.name for b in search.baselines],
+                "batch_sizes": list(rt.batch_sizes),
                 "prefill_len": rt.prefill_len, "decode_len": rt.decode_len,
                 "parent_tokens_per_s": {str(b): v for b, v in sorted(rt.parent_tps.items())},
-                "max_shared_layers": mip.max_shared(search["diversity_alpha"], problem.num_layers),
+                "max_shared_layers": mip.max_shared(search.diversity_alpha, problem.num_layers),
                 "num_layers": problem.num_layers}
     write_outputs(scenario, solutions, points, space, rt, elapsed)
 
 
-def check_params(search: Mapping) -> None:
-    """Reject malformed search params with a message saying what to write instead."""
-    unknown = sorted(set(search) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown search params {unknown}; known: {sorted(DEFAULTS)}")
-    thr = search["throughput"]
-    if thr is not None:
-        if not isinstance(thr, Mapping) or len(thr) != 1 or next(iter(thr)) not in (
-                "relative", "absolute"):
-            raise ValueError(f"search.throughput {thr!r}: write {{relative: X}} (times the "
-                             "parent) or {absolute: TOKENS_PER_S} or null")
-        _positive("search.throughput." + next(iter(thr)), next(iter(thr.values())))
-    for key in ("memory_gib", "latency_s", "max_params"):
-        if search[key] is not None:
-            _positive(f"search.{key}", search[key])
-    if not isinstance(search["num_solutions"], int) or search["num_solutions"] < 1:
-        raise ValueError(f"search.num_solutions must be an integer >= 1, got {search['num_solutions']!r}")
-    if not 0 <= float(search["diversity_alpha"]) <= 1:
-        raise ValueError(f"search.diversity_alpha must lie in [0, 1], got {search['diversity_alpha']!r}")
-    if not isinstance(search["pareto_points"], int) or search["pareto_points"] < 0:
-        raise ValueError(f"search.pareto_points must be an integer >= 0, got {search['pareto_points']!r}")
-    _positive("search.time_limit_s", search["time_limit_s"])
-    fixed = search["fixed"]
-    if fixed is not None and (not isinstance(fixed, list) or not all(
-            isinstance(e, Mapping) and set(e) == {"attention", "ffn"} for e in fixed)):
-        raise ValueError("search.fixed must be a list with one {attention: NAME, ffn: NAME} "
-                         "per layer, or null")
-    for b in search["baselines"]:
-        if not isinstance(b, Mapping) or b.get("kind") not in BASELINE_KINDS or not b.get("name"):
-            raise ValueError(f"search.baselines entry {b!r}: recompile the recipe (each entry "
-                             f"needs name and kind, one of {sorted(BASELINE_KINDS)})")
-
-
-def _positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-
-def _solution(problem: Problem, rt: Runtime, search: Mapping, choice: Choice, batch: int,
+def _solution(problem: Problem, rt: Runtime, search: SearchParams, choice: Choice, batch: int,
               solver: dict) -> dict:
     held = {b.name: b.holds(choice) for b in budgets_at(rt, search, batch)}
     return {"layers": [{"attention": a, "ffn": f} for a, f in choice],
@@ -115,9 +84,9 @@ def _solution(problem: Problem, rt: Runtime, search: Mapping, choice: Choice, ba
             "constraints_met": all(held.values()), "solver": solver}
 
 
-def mip_solutions(problem: Problem, rt: Runtime, search: Mapping) -> list[dict]:
+def mip_solutions(problem: Problem, rt: Runtime, search: SearchParams) -> list[dict]:
     """The best child over all batch sizes, then the diverse runners-up."""
-    n, alpha, limit = search["num_solutions"], search["diversity_alpha"], search["time_limit_s"]
+    n, alpha, limit = search.num_solutions, search.diversity_alpha, search.time_limit_s
     # larger batch sizes first: a tie in score goes to the higher-throughput batch
     cases = {b: budgets_at(rt, search, b) for b in sorted(rt.batch_sizes, reverse=True)}
     found = mip.diverse_solutions(problem, cases, n, alpha, limit)
@@ -141,7 +110,7 @@ def mip_solutions(problem: Problem, rt: Runtime, search: Mapping) -> list[dict]:
     return out
 
 
-def explain_infeasible(problem: Problem, rt: Runtime, search: Mapping, cases: Mapping,
+def explain_infeasible(problem: Problem, rt: Runtime, search: SearchParams, cases: Mapping,
                        time_limit_s: float) -> str:
     lines = ["no child meets the search constraints at any measured batch size:"]
     for batch, budgets in cases.items():
@@ -155,19 +124,19 @@ def explain_infeasible(problem: Problem, rt: Runtime, search: Mapping, cases: Ma
     return "\n".join(lines)
 
 
-def fixed_solution(problem: Problem, rt: Runtime, search: Mapping) -> dict:
+def fixed_solution(problem: Problem, rt: Runtime, search: SearchParams) -> dict:
     """A given architecture, evaluated at every batch size; the fastest one meeting the
     constraints is kept (else the fastest, flagged constraints_met: false)."""
-    fixed = search["fixed"]
+    fixed = search.fixed
     if len(fixed) != problem.num_layers:
         raise ValueError(f"search.fixed lists {len(fixed)} layers; the space has "
                          f"{problem.num_layers}")
     for i, entry in enumerate(fixed):
         for sub in mip.SUBBLOCKS:
-            if entry[sub] not in problem.scores[i][sub]:
-                raise ValueError(f"search.fixed layer {i}: {sub} {entry[sub]!r} is not allowed "
+            if getattr(entry, sub) not in problem.scores[i][sub]:
+                raise ValueError(f"search.fixed layer {i}: {sub} {getattr(entry, sub)!r} is not allowed "
                                  f"there; allowed: {problem.options(i, sub)}")
-    choice = tuple((e["attention"], e["ffn"]) for e in fixed)
+    choice = tuple((e.attention, e.ffn) for e in fixed)
     sols = [_solution(problem, rt, search, choice, b, {"status": "fixed"})
             for b in sorted(rt.batch_sizes)]
     best = max(sols, key=lambda s: (s["constraints_met"], s["predicted"]["throughput"]))
@@ -177,44 +146,42 @@ def fixed_solution(problem: Problem, rt: Runtime, search: Mapping) -> dict:
     return best
 
 
-BASELINE_KINDS = {"uniform_width", "depth_pruning"}
-
-
-def baseline_solutions(problem: Problem, rt: Runtime, search: Mapping) -> list[dict]:
+def baseline_solutions(problem: Problem, rt: Runtime, search: SearchParams) -> list[dict]:
     """The baselines of `search.baselines`, under the same constraints as the solutions."""
     out = []
-    for b in search["baselines"]:
-        if b["kind"] == "uniform_width":
+    for b in search.baselines:
+        if b.kind == "uniform_width":
             sol = uniform_width(problem, rt, search, b)
         else:
             influence = json.loads(Path(layout.INFLUENCE_FILE).read_text())["layers"]
             sol = depth_pruning(problem, rt, search, b, influence)
         if not sol["constraints_met"]:
             failed = [k for k, ok in sol["constraints"].items() if not ok]
-            print(f"search: baseline {b['name']} misses {failed} even at its fastest; kept "
+            print(f"search: baseline {b.name} misses {failed} even at its fastest; kept "
                   "the fastest it can be (constraints_met: false)")
-        out.append({**sol, "name": b["name"], "baseline": b["kind"]})
+        out.append({**sol, "name": b.name, "baseline": b.kind})
     return out
 
 
-def _at_best_batch(problem: Problem, rt: Runtime, search: Mapping, choice: Choice,
+def _at_best_batch(problem: Problem, rt: Runtime, search: SearchParams, choice: Choice,
                    kind: str) -> dict:
     sols = [_solution(problem, rt, search, choice, batch, {"status": kind})
             for batch in sorted(rt.batch_sizes)]
     return max(sols, key=lambda s: (s["constraints_met"], s["predicted"]["throughput"]))
 
 
-def _or_parent(problem: Problem, layer: int, pair, parent: Mapping) -> Choice:
-    return tuple(v if v in problem.scores[layer][sub] else parent[sub]
+def _or_parent(problem: Problem, layer: int, pair, parent: LayerPick) -> Choice:
+    return tuple(v if v in problem.scores[layer][sub] else getattr(parent, sub)
                  for sub, v in zip(mip.SUBBLOCKS, pair, strict=True))
 
 
-def uniform_width(problem: Problem, rt: Runtime, search: Mapping, spec: Mapping) -> dict:
+def uniform_width(problem: Problem, rt: Runtime, search: SearchParams,
+                  spec: UniformWidthPlan) -> dict:
     """The same (GQA, FFN) pair at every layer that allows it: of the pairs meeting the
     constraints the best-scoring one, else the fastest."""
     sols = [_at_best_batch(problem, rt, search, tuple(
-        _or_parent(problem, i, pair, spec["parent"]) for i in range(problem.num_layers)),
-        "uniform_width") for pair in spec["candidates"]]
+        _or_parent(problem, i, pair, spec.parent) for i in range(problem.num_layers)),
+        "uniform_width") for pair in spec.candidates]
     feasible = [s for s in sols if s["constraints_met"]]
     if feasible:
         sign = -1 if problem.maximize else 1
@@ -223,22 +190,22 @@ def uniform_width(problem: Problem, rt: Runtime, search: Mapping, spec: Mapping)
     return max(sols, key=lambda s: s["predicted"]["throughput"])
 
 
-def depth_pruning(problem: Problem, rt: Runtime, search: Mapping, spec: Mapping,
-                  influence: list[float]) -> dict:
+def depth_pruning(problem: Problem, rt: Runtime, search: SearchParams,
+                  spec: DepthPruningPlan, influence: list[float]) -> dict:
     """Whole layers dropped in order of least block influence until the constraints hold."""
     if len(influence) != problem.num_layers:
         raise ValueError(f"{layout.INFLUENCE_FILE} has {len(influence)} layers; the space has "
                          f"{problem.num_layers}: rerun the influence stage")
-    drop = spec["drop"]
+    drop = spec.drop
     droppable = [i for i in range(problem.num_layers)
-                 if drop["attention"] in problem.scores[i]["attention"]
-                 and drop["ffn"] in problem.scores[i]["ffn"]]
+                 if drop.attention in problem.scores[i]["attention"]
+                 and drop.ffn in problem.scores[i]["ffn"]]
     order = sorted(droppable, key=lambda i: influence[i])
-    keep = (spec["parent"]["attention"], spec["parent"]["ffn"])
+    keep = (spec.parent.attention, spec.parent.ffn)
     for n in range(len(order) + 1):
         dropped = set(order[:n])
-        choice = tuple((drop["attention"], drop["ffn"]) if i in dropped
-                       else _or_parent(problem, i, keep, spec["parent"])
+        choice = tuple((drop.attention, drop.ffn) if i in dropped
+                       else _or_parent(problem, i, keep, spec.parent)
                        for i in range(problem.num_layers))
         sol = _at_best_batch(problem, rt, search, choice, "depth_pruning")
         if sol["constraints_met"]:
@@ -246,10 +213,10 @@ def depth_pruning(problem: Problem, rt: Runtime, search: Mapping, spec: Mapping,
     return {**sol, "dropped_layers": sorted(dropped)}
 
 
-def pareto_points(problem: Problem, rt: Runtime, search: Mapping, batch: int) -> list[dict]:
+def pareto_points(problem: Problem, rt: Runtime, search: SearchParams, batch: int) -> list[dict]:
     """Best score per throughput target, geometrically spaced from the parent's speed up to the
     fastest child's, under the other constraints at `batch`."""
-    n, limit = search["pareto_points"], search["time_limit_s"]
+    n, limit = search.pareto_points, search.time_limit_s
     other = [b for b in budgets_at(rt, search, batch) if b.name != "throughput"]
     clock = time_budget(rt, batch)
     fastest = mip.solve(problem, other, minimize=clock, time_limit_s=limit)

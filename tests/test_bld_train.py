@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from puzzle_dsl.bld.loss import normalized_mse
-from puzzle_dsl.bld.train import BldSettings, TrainBatches, VariantJob, make_block, train
+from puzzle_dsl.bld.train import TrainBatches, VariantJob, make_block, train
+from puzzle_dsl.dsl.recipe import BldCommon
+from puzzle_dsl.dsl.schema import ParamsError
 from puzzle_dsl.train.optim import clip_grad_norms, warmup_cosine
 
 ATTN = {"kind": "gqa", "n_heads_in_group": 6}
@@ -40,7 +42,7 @@ def _job(parent, name, subblock, spec, layers, init="paper"):
 
 
 def _settings(steps, **kw):
-    return BldSettings(tokens=steps * 2 * 32, batch_size=2, lr=2e-3, warmup_frac=0.1, **kw)
+    return BldCommon(tokens=steps * 2 * 32, batch_size=2, lr=2e-3, warmup_frac=0.1, **kw)
 
 
 def test_normalized_mse_is_zero_for_the_target_and_one_for_zeros():
@@ -98,8 +100,8 @@ def test_the_library_holds_only_the_trained_subblock_with_its_norm(parent):
 
 
 def test_unknown_settings_are_rejected_with_the_known_keys():
-    with pytest.raises(ValueError, match="unknown keys \\['lr_max'\\]"):
-        BldSettings.from_params({"tokens": 10, "batch_size": 2, "lr_max": 1.0})
+    with pytest.raises(ParamsError, match="bld.common.lr_max is not a known key; .*known: .*lr"):
+        BldCommon.from_params({"tokens": 10, "batch_size": 2, "lr_max": 1.0}, "bld.common")
 
 
 def test_a_coupled_pair_trains_against_the_whole_layer(parent, batches):

@@ -353,7 +353,7 @@ def test_linear_ffn_is_refused_when_the_recipe_exports_for_llama_cpp():
 
 
 def test_gguf_type_must_be_one_llama_cpp_has():
-    with pytest.raises(RecipeError, match=r"gguf='q3' is not one of 'f32', 'f16', 'q8_0'"):
+    with pytest.raises(RecipeError, match=r"gguf is 'q3', not one of 'f32', 'f16', 'q8_0'"):
         smol(gguf="q3")
 
 

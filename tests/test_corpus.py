@@ -19,6 +19,7 @@ from puzzle_dsl.corpus.dataset import (
     mixture_quotas,
     sha256_file,
 )
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline import layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,7 +209,7 @@ def test_corpus_stage_writes_corpus_and_metrics(tmp_path, tiny_parent_dir, text_
     spec.loader.exec_module(stage)
     shutil.copytree(tiny_parent_dir, tmp_path / layout.PARENT_DIR)
     monkeypatch.chdir(tmp_path)
-    stage.main({"corpus": _cfg([{"kind": "text", "path": str(text_file)}])}, None)
+    stage.main(Params.read({"corpus": _cfg([{"kind": "text", "path": str(text_file)}])}), None)
     metrics = json.loads(Path(layout.CORPUS_METRICS).read_text())
     assert metrics["tokens_train"] == 1024 and metrics["tokens_valid"] == 256
     assert metrics["sha256"]["train"] == sha256_file(Path(layout.CORPUS_DIR) / "train.npy")

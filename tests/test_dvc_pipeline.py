@@ -107,7 +107,7 @@ def test_second_repro_runs_no_stage(pipe):
 
 @pytest.mark.pipeline
 def test_changing_bld_lr_reruns_bld_and_downstream_only(pipe):
-    recipe = dataclasses.replace(pipe.recipe, bld=dataclasses.replace(pipe.recipe.bld, lr=2e-3))
+    recipe = pipe.recipe.replace(bld=pipe.recipe.bld.replace(lr=2e-3))
     with pipe.changed(recipe):
         ran, _ = pipe.repro()
     bld = {s.name for s in pipe.pipeline.stages if s.program == "bld"}
@@ -119,8 +119,7 @@ def test_changing_bld_lr_reruns_bld_and_downstream_only(pipe):
 @pytest.mark.pipeline
 def test_adding_an_ffn_variant_runs_only_its_stages_then_search_onward(pipe):
     space = pipe.recipe.space
-    recipe = dataclasses.replace(pipe.recipe, space=dataclasses.replace(
-        space, ffn=space.ffn + (FFN(share=0.25),)))
+    recipe = pipe.recipe.replace(space=space.replace(ffn=space.ffn + (FFN(share=0.25),)))
     with pipe.changed(recipe) as new:
         ran, _ = pipe.repro()
     added = {"bld-ffn_i32", "score-ffn_i32"}
@@ -133,8 +132,7 @@ def test_adding_an_ffn_variant_runs_only_its_stages_then_search_onward(pipe):
 
 @pytest.mark.pipeline
 def test_changing_only_the_throughput_target_reruns_search_onward(pipe):
-    recipe = dataclasses.replace(pipe.recipe, search=dataclasses.replace(
-        pipe.recipe.search, throughput=Relative(1.1)))
+    recipe = pipe.recipe.replace(search=pipe.recipe.search.replace(throughput=Relative(1.1)))
     with pipe.changed(recipe):
         ran, _ = pipe.repro()
     assert "search" in ran
@@ -157,8 +155,8 @@ def test_dvc_exp_run_with_a_set_param_reruns_search_onward(pipe):
 
 @pytest.mark.pipeline
 def test_adding_baselines_runs_influence_search_onward_and_only_the_new_children(pipe):
-    recipe = dataclasses.replace(pipe.recipe, search=dataclasses.replace(
-        pipe.recipe.search, baselines=(UniformWidth(), DepthPruning())))
+    recipe = pipe.recipe.replace(search=pipe.recipe.search.replace(
+        baselines=(UniformWidth(), DepthPruning())))
     with pipe.changed(recipe):
         ran, _ = pipe.repro()
         solutions = json.loads((pipe.root / layout.SEARCH_DIR / "solutions.json").read_text())
@@ -183,7 +181,7 @@ def test_adding_baselines_runs_influence_search_onward_and_only_the_new_children
 
 @pytest.mark.pipeline
 def test_reverting_a_change_restores_from_the_run_cache_without_running(pipe):
-    recipe = dataclasses.replace(pipe.recipe, bld=dataclasses.replace(pipe.recipe.bld, lr=3e-3))
+    recipe = pipe.recipe.replace(bld=pipe.recipe.bld.replace(lr=3e-3))
     with pipe.changed(recipe):
         pipe.repro()
         pipe.compile(pipe.recipe)

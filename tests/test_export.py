@@ -18,6 +18,7 @@ import torch
 import yaml
 from test_assemble import make_solution, write_library
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.model.checkpoint import load_child
 from puzzle_dsl.pipeline import layout
 
@@ -60,7 +61,7 @@ def run_program(name: str, params: dict, item: str) -> None:
     spec = importlib.util.spec_from_file_location(f"stage_{name}", STAGES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(params, item)
+    module.main(Params.read(params), item)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 from puzzle_dsl.corpus.dataset import build_corpus
 from puzzle_dsl.corpus.generate import ParentSampler, encode_prompt
 from puzzle_dsl.corpus.prompts import builtin_prompts
+from puzzle_dsl.dsl.recipe import Generated
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,9 +77,7 @@ def test_sampled_documents_start_with_the_prompt_and_end_with_eos(parent):
     sampler = ParentSampler(
         model,
         tokenizer,
-        seed=0,
-        max_new_tokens=8,
-        batch_size=4,
+        Generated(seed=0, max_new_tokens=8, batch_size=4),
         prompts=["Explain gravity.", "Write a poem."],
     )
     docs = [doc for doc, _ in zip(sampler, range(2))]

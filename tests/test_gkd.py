@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 
@@ -12,14 +11,15 @@ import torch
 import torch.multiprocessing as mp
 from test_assemble import make_solution, write_library
 
+from puzzle_dsl.dsl.recipe import GKD
 from puzzle_dsl.evaluate.measures import text_metrics
-from puzzle_dsl.gkd.distill import GkdConfig, cosine_loss, distill, kl_loss, step_rows
+from puzzle_dsl.gkd.distill import cosine_loss, distill, kl_loss, step_rows
 from puzzle_dsl.model.assemble import assemble_child
 from puzzle_dsl.model.checkpoint import load_child, load_parent, save_child
 
 SOLUTION = [("attn_kv1", "ffn_i64"), ("attn_parent", "ffn_linear"),
             ("attn_linear", "ffn_parent"), ("attn_noop", "ffn_i64")]
-CFG = GkdConfig(tokens=8 * 32 * 6, batch_size=8, lr=2e-3, warmup_frac=0.2, checkpoint_every=3)
+CFG = GKD(tokens=8 * 32 * 6, batch_size=8, lr=2e-3, warmup_frac=0.2, checkpoint_every=3)
 
 
 def rows(seed: int, n: int = 32, seq_len: int = 32) -> np.ndarray:
@@ -62,7 +62,7 @@ def test_losses_vanish_for_identical_models():
 
 
 def test_data_order_covers_every_row_once_per_epoch():
-    cfg = GkdConfig(batch_size=4, grad_accum=2, seed=3)
+    cfg = GKD(batch_size=4, grad_accum=2, seed=3)
     seen = np.concatenate([step_rows(16, s, m, cfg) for s in range(2) for m in range(2)])
     assert sorted(seen.tolist()) == list(range(16))
 
@@ -72,7 +72,7 @@ def test_gkd_lowers_kl_to_parent_on_held_out_rows(tiny_parent_dir, child_dir):
     child, _ = load_child(child_dir)
     valid = rows(99, n=16)
     before = text_metrics({"child": child}, parent, valid)["child"]["kl"]
-    cfg = dataclasses.replace(CFG, tokens=8 * 32 * 30)
+    cfg = CFG.replace(tokens=8 * 32 * 30)
     log = distill(child, parent, rows(0), cfg, progress=False)
     after = text_metrics({"child": child}, parent, valid)["child"]["kl"]
     assert after < 0.7 * before, (before, after)
@@ -134,7 +134,7 @@ def test_checkpoint_of_other_params_is_not_resumed(tiny_parent_dir, child_dir, t
     ckpt = tmp_path / "gkd.ckpt"
     distill(load_child(child_dir)[0], parent, rows(0), CFG, checkpoint=ckpt, stop_after=3,
             progress=False)
-    other = dataclasses.replace(CFG, lr=5e-4)
+    other = CFG.replace(lr=5e-4)
     resumed, _ = load_child(child_dir)
     log = distill(resumed, parent, rows(0), other, checkpoint=ckpt, progress=False)
     straight, _ = load_child(child_dir)
@@ -144,5 +144,9 @@ def test_checkpoint_of_other_params_is_not_resumed(tiny_parent_dir, child_dir, t
 
 
 def test_unknown_gkd_params_are_rejected():
-    with pytest.raises(ValueError, match="unknown gkd params \\['lr_max'\\]"):
-        GkdConfig.from_params({"lr_max": 1.0})
+    with pytest.raises(ValueError, match="gkd.lr_max is not a known key; known: .*lr"):
+        GKD.from_params({"lr_max": 1.0}, "gkd")
+
+
+def test_gkd_betas_are_a_recipe_field_compiled_to_params():
+    assert GKD(betas=[0.8, 0.9]).section()["betas"] == [0.8, 0.9]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import shutil
@@ -13,11 +12,12 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
+from puzzle_dsl.dsl import RecipeError, Scenario, Timing
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.dsl.space import block_piece
 from puzzle_dsl.model.checkpoint import child_config_from_llama
 from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
 from puzzle_dsl.runtime.measure import (
-    Scenario,
     block_param_bytes,
     kv_bytes_per_token,
     measure_table,
@@ -27,7 +27,7 @@ from puzzle_dsl.runtime.measure import (
 
 TINY = {"vocab_size": 512, "hidden_size": 48, "intermediate_size": 128, "num_hidden_layers": 4,
         "num_attention_heads": 6, "num_key_value_heads": 3, "tie_word_embeddings": True}
-UNCHECKED = {"max_spread": None, "max_wait": None, "parent_ratio": None}  # plumbing tests
+UNCHECKED = Timing(max_spread=None, max_wait=None, parent_ratio=None)  # plumbing tests
 QUICK = Scenario(batch_sizes=(2,), prefill_len=8, decode_len=4, warmup=0, repeats=1,
                  timing=UNCHECKED)
 
@@ -89,7 +89,7 @@ def test_summed_block_latencies_predict_generation_of_a_mixed_child():
                          "half": {"kind": "swiglu", "intermediate_size": 344},
                          "lin": {"kind": "linear"}, "noop": {"kind": "no_op"}}}
         sc = Scenario(batch_sizes=(8,), prefill_len=64, decode_len=32, warmup=1, repeats=5,
-                      clock="cpu", timing=UNCHECKED)
+                      timing=UNCHECKED)
         layers = [("kv4", "full"), ("kv1", "half"), ("lin", "lin"), ("noop", "noop"),
                   ("kv1", "full"), ("kv4", "noop")]
         choices = [{"attention": a, "ffn": f} for a, f in layers]
@@ -98,7 +98,7 @@ def test_summed_block_latencies_predict_generation_of_a_mixed_child():
         child = NemotronNasForCausalLM(child_config_from_llama(
             LlamaConfig(**{**TINY, **shape}), blocks)).eval()
         time_generate(child, 8, 64, 32, "cpu", warmup=1, repeats=1)  # first-call kernel setup
-        rows = measure_table(cfg, space, sc)
+        rows = measure_table(cfg, space, sc, clock="cpu")
         measured = time_generate(child, 8, 64, 32, "cpu", warmup=1, repeats=5, clock="cpu")[0]
         predicted = predict_generation_s(rows, choices, 8, 32)
         print(f"predicted {predicted:.4f} s, measured {measured:.4f} s, "
@@ -126,9 +126,9 @@ def test_runtime_stage_writes_table_parent_and_hardware(tiny_parent_dir, tmp_pat
     monkeypatch.chdir(tmp_path)
     params = {"runtime": {"device": "cpu", "dtype": "float32", "batch_sizes": [2],
                           "prefill_len": 8, "decode_len": 4, "warmup": 0, "repeats": 2,
-                          "timing": UNCHECKED},
+                          "timing": UNCHECKED.section()},
               "space": STAGE_SPACE}
-    _runtime_stage().main(params, None)
+    _runtime_stage().main(Params.read(params), None)
     table = pl.read_parquet(tmp_path / layout.RUNTIME_DIR / "runtime.parquet")
     assert set(table["variant"]) == {"kv1", "noop", "overhead"}
     assert table.columns == ["subblock", "variant", "batch_size", "phase", "latency_s",
@@ -146,8 +146,8 @@ def test_runtime_stage_writes_table_parent_and_hardware(tiny_parent_dir, tmp_pat
 
 
 def test_bad_runtime_dtype_is_a_clear_error():
-    with pytest.raises(ValueError, match="runtime.dtype"):
-        Scenario.from_params({"dtype": "fp8"})
+    with pytest.raises(RecipeError, match="runtime.dtype"):
+        Scenario.from_params({"dtype": "fp8"}, "runtime")
 
 
 # ---------------------------------------------------------------- a busy machine
@@ -171,16 +171,16 @@ def test_runtime_under_a_cpu_burner_on_its_core_refuses_or_matches_idle(
     timing = {"max_spread": 0.25, "max_wait": 0.1, "parent_ratio": [0.5, 2.0],
               "extra_rounds": 3}
     model, _ = load_parent(layout.PARENT_DIR)
-    sc = dataclasses.replace(Scenario.from_params({**scenario, "timing": UNCHECKED}),
-                             clock="cpu")
+    sc = Scenario(**scenario, timing=UNCHECKED)
     shape = parent_shape_of(model.config)
     extra = {sub: {"(parent)": parent_piece(sub, shape)} for sub in ("attention", "ffn")}
     layers = [{"attention": "(parent)", "ffn": "(parent)"}] * model.config.num_hidden_layers
-    idle = measure_runtime(model.config, STAGE_SPACE, sc, extra, model, layers).parent["2"]
+    idle = measure_runtime(model.config, STAGE_SPACE, sc, extra, model, layers,
+                           clock="cpu").parent["2"]
     with one_core():
         try:
-            _runtime_stage().main({"runtime": {**scenario, "timing": timing},
-                                   "space": STAGE_SPACE}, None)
+            _runtime_stage().main(Params.read({"runtime": {**scenario, "timing": timing},
+                                               "space": STAGE_SPACE}), None)
         except NoisyTiming as refused:
             assert "waited for a CPU" in str(refused) or "varied by" in str(refused)
             assert not (tmp_path / layout.RUNTIME_DIR).exists()  # nothing half-written

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.model.checkpoint import load_parent
 from puzzle_dsl.model.library import build_block, load_block, swapped
 from puzzle_dsl.score.replace_one_block import (
@@ -175,7 +176,7 @@ def test_score_stage_writes_scores_and_metrics(parent, tiny_parent_dir, tmp_path
                                                  "ffn_parent": {**PARENT_FFN, "layers": [0, 3]}}}}
     stage = _stage("score")
     for name in ("ffn_i64", "ffn_parent"):
-        stage.main(params, name)
+        stage.main(Params.read(params), name)
     df = pl.read_parquet(layout.scores_file("ffn_i64"))
     assert df.columns == ["layer", "variant", "subblock", "metric", "value", "tokens"]
     assert df["layer"].to_list() == [1, 2] and (df["value"] > 0).all()

@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from puzzle_dsl.dsl.params import Params, SearchParams
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.search.mip import SearchError
 
@@ -109,7 +110,7 @@ def run_search(root: Path, monkeypatch, **search) -> dict:
                          "diversity_alpha": 0.5, "pareto_points": 4, "time_limit_s": 30,
                          "fixed": None, **search},
               "space": SPACE}
-    stage.main(params, None)
+    stage.main(Params.read(params), None)
     return json.loads((root / layout.SEARCH_DIR / "solutions.json").read_text())
 
 
@@ -291,8 +292,7 @@ def test_uniform_width_is_the_best_scoring_uniform_pair_meeting_the_target(table
     # every other uniform pair either misses the target or scores no better
     from puzzle_dsl.search.constraints import budgets_at, load_problem, load_runtime
     problem, rt = load_problem(SPACE, "kl"), load_runtime(SPACE, layout.RUNTIME_DIR)
-    target = {"throughput": {"relative": 1.3}, "memory_gib": None, "latency_s": None,
-              "max_params": None}
+    target = SearchParams(objective="kl", throughput={"relative": 1.3})
     for a, f in UNIFORM["candidates"]:
         choice = ((a, f),) * L
         met = any(all(b.holds(choice) for b in budgets_at(rt, target, batch))

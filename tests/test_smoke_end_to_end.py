@@ -11,6 +11,7 @@ import math
 import pytest
 import yaml
 
+from puzzle_dsl.dsl.params import SearchParams
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.search import mip
 from puzzle_dsl.search.constraints import budgets_at, load_problem, load_runtime
@@ -57,7 +58,8 @@ def test_every_child_meets_every_search_constraint_recomputed_from_the_tables(sm
         assert len(choice) == problem.num_layers
         for i, (attn, ffn) in enumerate(choice):
             assert attn in problem.scores[i]["attention"] and ffn in problem.scores[i]["ffn"]
-        budgets = budgets_at(runtime, search, sol["predicted"]["batch_size"])
+        budgets = budgets_at(runtime, SearchParams.from_params(search, "search"),
+                             sol["predicted"]["batch_size"])
         assert "throughput" in {b.name for b in budgets}  # the smoke recipe sets a target
         broken = {b.name: (b.total(choice), b.limit) for b in budgets if not b.holds(choice)}
         assert not broken, f"{sol['name']} breaks {broken}"

@@ -26,7 +26,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,50 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from puzzle_dsl.bld.init import init_attention, init_ffn
+from puzzle_dsl.dsl.recipe import BldCommon
+from puzzle_dsl.dsl.schema import Schema
 from puzzle_dsl.dsl.space import block_piece
 from puzzle_dsl.model.library import build_block, parent_shape_of
 from puzzle_dsl.train import distributed
 from puzzle_dsl.train.optim import clip_grad_norms, make_optimizer, warmup_cosine
 
-INITS = ("paper", "random")
 EPS = 1e-12  # normalized_mse's
-
-
-@dataclass(frozen=True)
-class BldSettings:
-    """`bld.common` of params.yaml."""
-
-    tokens: int
-    batch_size: int
-    lr: float = 1e-4
-    warmup_frac: float = 0.05
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    init: str = "paper"
-    seed: int = 0
-    checkpoint_every: int = 200  # steps between resume checkpoints (0: none)
-    device: str = "auto"  # auto: cuda when present, else cpu
-
-    @classmethod
-    def from_params(cls, common: dict) -> BldSettings:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(common) - known)
-        if unknown:
-            raise ValueError(f"bld.common has unknown keys {unknown}; known: {sorted(known)}")
-        missing = [k for k in ("tokens", "batch_size") if k not in common]
-        if missing:
-            raise ValueError(f"bld.common needs {missing}")
-        s = cls(**{**common, "betas": tuple(common.get("betas", (0.9, 0.95)))})
-        if s.init not in INITS:
-            raise ValueError(f"bld.common.init={s.init!r}: use one of {INITS}")
-        if s.tokens < 1 or s.batch_size < 1:
-            raise ValueError("bld.common.tokens and batch_size must be positive")
-        return s
-
-    def torch_device(self) -> torch.device:
-        """This process's device (cuda:LOCAL_RANK under torchrun)."""
-        return distributed.local_device(self.device)
+CHECKPOINT_EVERY = 200  # steps between resume checkpoints
 
 
 @dataclass
@@ -266,12 +231,13 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int], Tensor],
-          eval_ids: Tensor, settings: BldSettings, *, checkpoint: Path | None = None,
-          fingerprint: str = "", progress: bool = True) -> TrainResult:
+          eval_ids: Tensor, settings: BldCommon, *, checkpoint: Path | None = None,
+          fingerprint: str = "", progress: bool = True,
+          checkpoint_every: int = CHECKPOINT_EVERY) -> TrainResult:
     """Train every block of `jobs` for bld.common.tokens tokens; fill each job's losses.
 
     `checkpoint`: a file to resume from (when its fingerprint matches) and to save to every
-    `settings.checkpoint_every` steps (by rank 0); a resumed run ends bit-identical to an
+    `checkpoint_every` steps (by rank 0; 0: never); a resumed run ends bit-identical to an
     uninterrupted one. Under torchrun, `batches(step)` and `eval_ids` are global batches.
     """
     from tqdm.auto import tqdm
@@ -324,7 +290,7 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
         bar.set_postfix(loss=f"{mean:.4f}", blocks=n_blocks, refresh=False,
                         tok_s=f"{(step + 1 - start) * seq_tokens / max(elapsed - seconds, 1e-9):.0f}")
         bar.update(1)
-        every = settings.checkpoint_every
+        every = checkpoint_every
         due = every and (step + 1) % every == 0 and step + 1 < steps
         if main and checkpoint is not None and due:
             _save_checkpoint(checkpoint, {
@@ -348,7 +314,7 @@ def fingerprint_of(*parts) -> str:
         if isinstance(o, Path):
             st = o.stat()
             return [str(o.resolve()), st.st_size, st.st_mtime_ns]
-        if isinstance(o, BldSettings):
-            return asdict(o)
+        if isinstance(o, Schema):
+            return o.section()
         return str(o)
     return hashlib.sha256(json.dumps(parts, default=default, sort_keys=True).encode()).hexdigest()

@@ -22,25 +22,24 @@ import yaml
 
 from puzzle_dsl.compiler.code_deps import code_deps
 from puzzle_dsl.dsl.gguf_types import LINEAR_FFN
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.dsl.recipe import (
     FFN,
     GQA,
     Absolute,
+    BldCommon,
     DepthPruning,
     DropLayers,
     Fixed,
-    HFDataset,
-    JsonlFile,
     LinearAttention,
     LinearFFN,
     Node,
     NoOpAttention,
     NoOpFFN,
-    ParquetFile,
     Recipe,
     RecipeError,
     Relative,
-    TextFile,
+    SearchLimits,
     Uniform,
     Variant,
     sanitize,
@@ -403,35 +402,16 @@ def check_budgets(recipe: Recipe, shape: ParentShape, space: dict) -> None:
 
 # ---------------------------------------------------------------------------- params.yaml
 def _source_params(src, root: Path) -> dict:
-    if isinstance(src, TextFile):
-        return {"kind": "text", "path": _path(src, src.path, root), "weight": src.weight}
-    if isinstance(src, JsonlFile):
-        out = {"kind": "jsonl", "path": _path(src, src.path, root), "weight": src.weight}
-        if src.messages_field:
-            out["messages_field"] = src.messages_field
-        else:
-            out["field"] = src.field or "text"
-        return out
-    if isinstance(src, ParquetFile):
-        return {"kind": "parquet", "path": _path(src, src.path, root), "field": src.field,
-                "weight": src.weight}
-    if isinstance(src, HFDataset):
-        return {"kind": "hf", "name": src.name, "split": src.split, "field": src.field,
-                "weight": src.weight}
-    return {"kind": "generated", "weight": src.weight, "seed": src.seed,
-            "temperature": src.temperature, "top_p": src.top_p,
-            "max_new_tokens": src.max_new_tokens, "batch_size": src.batch_size}
+    """A corpus source as params.yaml holds it: itself, its path resolved."""
+    out = src.section()
+    if "path" in out:
+        out["path"] = _path(src, src.path, root)
+    return out
 
 
 def _tasks(tasks, root: Path) -> list[dict]:
     return [{"name": t.name, **({"path": _path(t, t.path, root)} if t.path else {})}
             for t in tasks]
-
-
-def _timing(t) -> dict:
-    """A Timing node as params.yaml holds it (read back by puzzle_dsl.runtime.guard.Bounds)."""
-    return {"max_spread": t.max_spread, "max_wait": t.max_wait, "extra_rounds": t.extra_rounds,
-            "parent_ratio": None if t.parent_ratio is None else list(t.parent_ratio)}
 
 
 def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
@@ -453,38 +433,17 @@ def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
                               "valid": r.corpus.valid_tokens},
                    "sources": [_source_params(s, root) for s in r.corpus.sources]},
         "space": space,
-        "calibrate": {"tokens": r.bld.calibration_tokens,
-                      "batch_size": r.bld.calibration_batch_size},
-        "bld": {"common": {"tokens": r.bld.tokens, "batch_size": r.bld.batch_size,
-                           "lr": r.bld.lr, "warmup_frac": r.bld.warmup_frac,
-                           "weight_decay": r.bld.weight_decay, "betas": list(r.bld.betas),
-                           "grad_clip": r.bld.grad_clip, "init": r.bld.init,
-                           "seed": r.bld.seed}},
-        "score": {"common": {"metric": r.scoring.metric, "tokens": r.scoring.tokens,
-                             "batch_size": r.scoring.batch_size,
-                             "tasks": _tasks(r.scoring.tasks, root), "limit": r.scoring.limit}},
-        "runtime": {"device": r.scenario.device, "dtype": r.scenario.dtype,
-                    "batch_sizes": list(r.scenario.batch_sizes),
-                    "prefill_len": r.scenario.prefill_len, "decode_len": r.scenario.decode_len,
-                    "warmup": r.scenario.warmup, "repeats": r.scenario.repeats,
-                    "timing": _timing(r.scenario.timing)},
-        "search": {"objective": r.objective, "throughput": throughput,
-                   "memory_gib": r.search.memory_gib, "latency_s": r.search.latency_s,
-                   "max_params": r.search.max_params, "num_solutions": r.search.num_solutions,
-                   "diversity_alpha": r.search.diversity_alpha,
-                   "pareto_points": r.search.pareto_points,
-                   "time_limit_s": r.search.time_limit_s,
-                   "fixed": resolve_fixed(r, shape, space),
+        "calibrate": r.bld.calibrate().section(),
+        "bld": {"common": r.bld.section(*BldCommon.model_fields)},
+        "score": {"common": {**r.scoring.section(), "tasks": _tasks(r.scoring.tasks, root)}},
+        "runtime": r.scenario.section(),
+        "search": {**r.search.section(*SearchLimits.model_fields), "objective": r.objective,
+                   "throughput": throughput, "fixed": resolve_fixed(r, shape, space),
                    "baselines": resolve_baselines(r, shape, space)},
-        "gkd": {k: getattr(r.gkd, k) for k in ("tokens", "batch_size", "grad_accum", "lr",
-                                               "warmup_frac", "weight_decay", "grad_clip",
-                                               "cosine_weight", "kl_weight", "lm_loss_weight",
-                                               "seed", "checkpoint_every")},
-        "evaluate": {"tasks": _tasks(r.evaluation.tasks, root), "limit": r.evaluation.limit,
-                     "batch_size": r.evaluation.batch_size},
-        "benchmark": {**{k: getattr(r.evaluation.benchmark, k)
-                         for k in ("batch_size", "prefill_len", "decode_len", "repeats")},
-                      "timing": _timing(r.evaluation.benchmark.timing)},
+        "gkd": r.gkd.section(),
+        "evaluate": {**r.evaluation.section("limit", "batch_size"),
+                     "tasks": _tasks(r.evaluation.tasks, root)},
+        "benchmark": r.evaluation.benchmark.section(),
         "report": {"children": [layout.solution_name(k) for k in range(
             1 if r.search.fixed else r.search.num_solutions)] + [sanitize(b.name)
                                                                  for b in r.search.baselines]},
@@ -642,6 +601,7 @@ def build_pipeline(recipe: Recipe, root: str | Path = ".", shape: ParentShape | 
     root = Path(root)
     shape = shape or parent_shape(recipe)
     params = build_params(recipe, shape, root)
+    Params.read(params)  # what the stages will validate: the compiled form must pass
     stages = build_stages(params, shape)
     external = {p for paths in _external_deps(params).values() for p in paths}
     ordered = check_graph(stages, external)

@@ -345,21 +345,14 @@ def iter_batches(
 def _generated_documents(source: dict, model, tokenizer, need_tokens: int, progress: dict):
     """Documents sampled from the parent, logging speed and a time estimate once per batch."""
     from puzzle_dsl.corpus.generate import ParentSampler
+    from puzzle_dsl.dsl.recipe import Generated
 
-    sampler = ParentSampler(
-        model,
-        tokenizer,
-        seed=int(source.get("seed", 0)),
-        temperature=float(source.get("temperature", 0.8)),
-        top_p=float(source.get("top_p", 0.95)),
-        max_new_tokens=int(source.get("max_new_tokens", 256)),
-        batch_size=int(source.get("batch_size", 16)),
-    )
+    sampler = ParentSampler(model, tokenizer, Generated.from_params(source, "corpus.sources"))
     progress["sampler"] = sampler
     total = 0
     for n, doc in enumerate(sampler):
         total += len(doc)
-        if n % sampler.batch_size == 0 and sampler.batches:
+        if n % sampler.settings.batch_size == 0 and sampler.batches:
             new_share = sampler.new_tokens / max(total, 1)  # the rest are prompt tokens
             left_s = max(need_tokens - total, 0) * new_share / max(sampler.tokens_per_s, 1e-9)
             log.info(

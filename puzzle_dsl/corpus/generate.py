@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from puzzle_dsl.corpus.prompts import builtin_prompts
+from puzzle_dsl.dsl.recipe import Generated
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -52,11 +53,7 @@ class ParentSampler:
 
     model: object
     tokenizer: object
-    seed: int = 0
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    batch_size: int = 16
+    settings: Generated = field(default_factory=Generated)  # the source's sampling settings
     prompts: Sequence[str] | None = None
     new_tokens: int = field(default=0, init=False)
     seconds: float = field(default=0.0, init=False)
@@ -72,11 +69,12 @@ class ParentSampler:
         if not prompts:
             raise ValueError("the generated source needs at least one prompt")
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.settings.seed)
         while True:  # epochs over the prompts, each in a new seeded order
             order = rng.permutation(len(encoded))
-            for start in range(0, len(order), self.batch_size):
-                batch = [encoded[i] for i in order[start : start + self.batch_size]]
+            step = self.settings.batch_size
+            for start in range(0, len(order), step):
+                batch = [encoded[i] for i in order[start : start + step]]
                 yield from self._sample(batch)
 
     def _sample(self, batch: list[list[int]]) -> list[list[int]]:
@@ -86,18 +84,15 @@ class ParentSampler:
         pad = self.tokenizer.pad_token_id
         pad = eos[0] if pad is None else pad
         input_ids, mask = _left_pad(batch, pad)
-        sampling = (
-            {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
-            if self.temperature > 0
-            else {"do_sample": False}
-        )
+        s = self.settings
+        sampling = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": 0}
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(self.seed * 1_000_003 + self.batches)
+            torch.manual_seed(self.settings.seed * 1_000_003 + self.batches)
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=self.settings.max_new_tokens,
                 pad_token_id=pad,
                 eos_token_id=eos,
                 use_cache=True,

@@ -18,7 +18,6 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,45 +25,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from puzzle_dsl.dsl.recipe import GKD
 from puzzle_dsl.train.distributed import barrier, mean_across_ranks, rank_slice, rank_world
 from puzzle_dsl.train.optim import make_optimizer, warmup_cosine_scheduler
 
 PLOT_COLUMNS = ("step", "loss", "cosine", "kl", "lm_loss", "lr", "tokens")
-
-
-@dataclass(frozen=True)
-class GkdConfig:
-    """params.yaml `gkd`: token budget, global micro-batch (sequences), optimiser, loss weights."""
-
-    tokens: int = 500_000
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-4
-    warmup_frac: float = 0.05
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    cosine_weight: float = 1.0
-    kl_weight: float = 1.0
-    lm_loss_weight: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 50
-
-    @classmethod
-    def from_params(cls, params: dict) -> GkdConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown gkd params {unknown}; known: {sorted(known)}")
-        cfg = cls(**{k: (tuple(v) if k == "betas" else v) for k, v in params.items()})
-        if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.tokens < 1:
-            raise ValueError("gkd tokens, batch_size and grad_accum must be >= 1")
-        if cfg.cosine_weight == cfg.kl_weight == cfg.lm_loss_weight == 0:
-            raise ValueError("gkd: all loss weights are 0; set cosine_weight or kl_weight > 0")
-        return cfg
-
-    def total_steps(self, seq_len: int) -> int:
-        return max(1, self.tokens // (self.batch_size * self.grad_accum * seq_len))
 
 
 # ---------------------------------------------------------------- losses (pure)
@@ -102,7 +67,7 @@ def layer_outputs(model: torch.nn.Module):
 
 
 def distill_loss(child: torch.nn.Module, parent: torch.nn.Module, ids: torch.Tensor,
-                 cfg: GkdConfig, forward=None) -> tuple[torch.Tensor, dict[str, float]]:
+                 cfg: GKD, forward=None) -> tuple[torch.Tensor, dict[str, float]]:
     """(weighted loss, its parts) for one batch `ids` (B, T); `forward` is the (DDP) child call."""
     with torch.no_grad(), layer_outputs(parent) as parent_h:
         parent_logits = parent(input_ids=ids, use_cache=False).logits
@@ -115,7 +80,7 @@ def distill_loss(child: torch.nn.Module, parent: torch.nn.Module, ids: torch.Ten
 
 
 # ---------------------------------------------------------------- data order
-def step_rows(n_seq: int, step: int, micro: int, cfg: GkdConfig) -> np.ndarray:
+def step_rows(n_seq: int, step: int, micro: int, cfg: GKD) -> np.ndarray:
     """Row indices of one global micro-batch: a seeded permutation per epoch, read in order."""
     start = (step * cfg.grad_accum + micro) * cfg.batch_size
     g = np.arange(start, start + cfg.batch_size)
@@ -144,13 +109,13 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
     return state if state.get("fingerprint") == fingerprint else None
 
 
-def run_fingerprint(cfg: GkdConfig, child: torch.nn.Module, seq_len: int, n_seq: int) -> str:
+def run_fingerprint(cfg: GKD, child: torch.nn.Module, seq_len: int, n_seq: int) -> str:
     """What a checkpoint must match to be resumed: the params and the child's architecture."""
-    return repr((asdict(cfg), child.config.block_configs, seq_len, n_seq))
+    return repr((cfg.section(), child.config.block_configs, seq_len, n_seq))
 
 
 # ---------------------------------------------------------------- the loop
-def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, cfg: GkdConfig,
+def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, cfg: GKD,
             *, checkpoint: str | Path | None = None, stop_after: int | None = None,
             progress: bool = True) -> list[dict]:
     """Train `child` in place against the frozen `parent` on rows of `train` (int [n_seq, T]).

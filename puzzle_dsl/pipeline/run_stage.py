@@ -2,7 +2,11 @@
 
 The stage `NAME-ITEM` (or `NAME`) is looked up in dvc.yaml; the stage program `stages/NAME.py`
 gets exactly the params.yaml subtrees that stage declares, so a program can never read a
-parameter that DVC does not track.
+parameter that DVC does not track. Those subtrees are validated against the recipe's schemas
+(puzzle_dsl.dsl.params) before the program is even imported: a bad value put in params.yaml
+after compile (`dvc exp run -S bld.common.lr=0`) stops the stage with the key, the reason and
+the fix, before torch is imported or anything is written. The program's `main(params, item)`
+gets the typed `Params` (its undeclared sections are None).
 """
 
 from __future__ import annotations
@@ -15,9 +19,20 @@ from typing import Any
 
 import yaml
 
+from puzzle_dsl.dsl.params import Params
+from puzzle_dsl.dsl.schema import ParamsError
+
 
 class StageError(RuntimeError):
     """A stage could not be found or started; the message says how to fix it."""
+
+
+def typed_params(sid: str, params: dict) -> Params:
+    """The stage's params as typed settings; StageError naming the key when one is bad."""
+    try:
+        return Params.read(params)
+    except ParamsError as exc:
+        raise StageError(f"stage {sid}: {exc}") from None
 
 
 def stage_id(name: str, item: str | None) -> str:
@@ -86,8 +101,9 @@ def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> Non
     """
     root = Path(root)
     entry, params = load_stage(root, name, item)
+    settings = typed_params(stage_id(name, item), params)  # before any import of the program
     program = load_program(root, name)
-    program.main(params, item)
+    program.main(settings, item)
     if os.environ.get("PUZZLE_TRACKING", "1") != "0" and os.environ.get("RANK", "0") == "0":
         from puzzle_dsl.tracking import runs as tracking
         tracking.log_stage(root, stage_id(name, item), entry, params)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
+from puzzle_dsl.dsl.recipe import Scenario
 from puzzle_dsl.dsl.space import block_piece
 from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import (
     NemotronNasDecoderLayer,
@@ -42,43 +43,14 @@ NOOP = {"attention": block_piece("attention", {"kind": "no_op"}),
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """What to measure: params.yaml `runtime`."""
+def torch_dtype(sc: Scenario) -> torch.dtype:
+    """The torch dtype the scenario measures in."""
+    return DTYPES[sc.dtype]
 
-    batch_sizes: tuple[int, ...] = (16,)
-    prefill_len: int = 128
-    decode_len: int = 128
-    warmup: int = 2
-    repeats: int = 5
-    dtype: str = "float32"
-    device: str = "cpu"
-    clock: str = "wall"  # "cpu": this thread's CPU time (1 torch thread), blind to other processes
-    timing: dict | None = None  # params.yaml runtime.timing (None: the recipe defaults)
 
-    @property
-    def bounds(self) -> Bounds:
-        return Bounds.from_params(self.timing, self.repeats)
-
-    @classmethod
-    def from_params(cls, p: dict) -> Scenario:
-        if p.get("dtype", "float32") not in DTYPES:
-            raise ValueError(f"runtime.dtype={p['dtype']!r}; use one of {sorted(DTYPES)}")
-        if int(p.get("decode_len", 128)) < 2 or int(p.get("prefill_len", 128)) < 1:
-            raise ValueError("runtime.prefill_len must be >= 1 and runtime.decode_len >= 2")
-        return cls(batch_sizes=tuple(int(b) for b in p.get("batch_sizes", [16])),
-                   prefill_len=int(p.get("prefill_len", 128)),
-                   decode_len=int(p.get("decode_len", 128)), warmup=int(p.get("warmup", 2)),
-                   repeats=int(p.get("repeats", 5)), dtype=p.get("dtype", "float32"),
-                   device=p.get("device", "cpu"), timing=p.get("timing"))
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def context_len(self) -> int:
-        return self.prefill_len + self.decode_len // 2
+def bounds(sc: Scenario) -> Bounds:
+    """How noisy the scenario's timings may be (the recipe's `Scenario(timing=...)`)."""
+    return Bounds.from_params(sc.timing.section(), sc.repeats)
 
 
 def _sync(device: str) -> None:
@@ -166,9 +138,9 @@ def block_benches(config, subblock: str, piece: dict, sc: Scenario, batch_size: 
     n = max(1, min(STACK, config.num_hidden_layers))
     cfg = one_layer_config(config, subblock, piece)
     cfg.num_hidden_layers, cfg.block_configs = n, [dict(cfg.block_configs[0]) for _ in range(n)]
-    model = NemotronNasForCausalLM(cfg).to(sc.device, sc.torch_dtype).eval()
+    model = NemotronNasForCausalLM(cfg).to(sc.device, torch_dtype(sc)).eval()
     layers, rope = list(model.model.layers), model.model.rotary_emb
-    c, dev, dt = cfg.hidden_size, sc.device, sc.torch_dtype
+    c, dev, dt = cfg.hidden_size, sc.device, torch_dtype(sc)
 
     @torch.inference_mode()
     def run(h, pe, cache):
@@ -234,7 +206,7 @@ def overhead_benches(config, sc: Scenario, batch_size: int) -> dict[str, Bench]:
     'prefill' a 1-token generate, 'full' one of decode_len tokens (decode = the difference)."""
     cfg = copy.deepcopy(config)
     cfg.block_configs = [dict(NOOP) for _ in range(cfg.num_hidden_layers)]
-    model = NemotronNasForCausalLM(cfg).to(sc.device, sc.torch_dtype).eval()
+    model = NemotronNasForCausalLM(cfg).to(sc.device, torch_dtype(sc)).eval()
     ids = random_prompt(cfg.vocab_size, batch_size, sc.prefill_len)
     return {"prefill": generate_bench(model, ids, 1), "full": generate_bench(model, ids, sc.decode_len)}
 
@@ -294,16 +266,18 @@ def _latencies(rnd: dict, named) -> dict[tuple[str, str, str], float]:
 
 
 def measure_runtime(config, space: dict, sc: Scenario, extra: dict | None = None,
-                    parent=None, parent_layers: list[dict] | None = None) -> RuntimeMeasurement:
+                    parent=None, parent_layers: list[dict] | None = None,
+                    clock: str = "wall") -> RuntimeMeasurement:
     """Every variant of `space` ({subblock: {name: spec}}) + overhead, in guarded rounds.
 
     Each distinct block shape is measured once per batch size; `extra` ({subblock: {name:
     piece}}) adds already-resolved pieces (e.g. the parent's own blocks) under their names.
     With `parent` (the model) and `parent_layers` (its names per layer), the parent's own
     generate runs in every round too, and the rounds must agree with its block-sum prediction
-    within `sc.bounds.parent_ratio` (puzzle_dsl.runtime.guard).
+    within `bounds(sc).parent_ratio` (puzzle_dsl.runtime.guard). `clock="cpu"` times with
+    this thread's CPU clock (one torch thread), blind to other processes.
     """
-    named, dtype, rows = _named(space, extra), sc.torch_dtype, []
+    named, dtype, rows = _named(space, extra), torch_dtype(sc), []
     parent_out, conditions = {}, {}
     for b in sc.batch_sizes:
         benches: dict[tuple, Bench] = {}
@@ -317,7 +291,8 @@ def measure_runtime(config, space: dict, sc: Scenario, extra: dict | None = None
         if parent is not None:
             ids = random_prompt(parent.config.vocab_size, b, sc.prefill_len)
             benches[PARENT_RUN] = generate_bench(parent, ids, sc.decode_len)
-        m = _measure_batch(benches, named, sc, b, parent_layers if parent is not None else None)
+        m = _measure_batch(benches, named, sc, b, parent_layers if parent is not None else None,
+                           clock)
         for subblock, name, piece in named:
             pbytes = block_param_bytes(config, subblock, piece, dtype)
             kv = kv_bytes_per_token(config, piece, dtype) if subblock == "attention" else 0
@@ -333,14 +308,15 @@ def measure_runtime(config, space: dict, sc: Scenario, extra: dict | None = None
     return RuntimeMeasurement(rows, parent_out, conditions)
 
 
-def _measure_batch(benches: dict, named, sc: Scenario, b: int, parent_layers) -> Measured:
+def _measure_batch(benches: dict, named, sc: Scenario, b: int, parent_layers,
+                   clock: str = "wall") -> Measured:
     for bench in benches.values():
         warm_up(bench, sc.warmup)
     order = list(benches)
     steps = sc.decode_len - 1
 
     def run_round(index: int) -> dict:
-        rnd = {k: time_once(benches[k], sc.device, sc.clock) for k in rotated(order, index)}
+        rnd = {k: time_once(benches[k], sc.device, clock) for k in rotated(order, index)}
         rnd[("overhead", "decode")] = max(0.0, (rnd.pop(("overhead", "full"))
                                                 - rnd[("overhead", "prefill")]) / steps)
         return rnd
@@ -349,11 +325,11 @@ def _measure_batch(benches: dict, named, sc: Scenario, b: int, parent_layers) ->
         if parent_layers is None:
             totals = [sum(r.values()) for r in window]
             return [p for p in [spread_problem(f"the table's summed latencies at batch {b}",
-                                               totals, sc.bounds)] if p]
+                                               totals, bounds(sc))] if p]
         return _parent_problems(window, named, parent_layers, sc, b)
 
     threads = 1 if sc.device.startswith("cuda") else torch.get_num_threads()
-    return measure_rounds(run_round, sc.bounds, what=f"runtime (batch {b})",
+    return measure_rounds(run_round, bounds(sc), what=f"runtime (batch {b})",
                           where="Scenario", threads=threads, check=check)
 
 
@@ -366,14 +342,14 @@ def _medians(window: list[dict]) -> dict:
 
 
 def _parent_problems(window, named, parent_layers, sc: Scenario, b: int) -> list[str]:
-    bounds = sc.bounds
+    limits = bounds(sc)
     measured = [r[PARENT_RUN] for r in window]
     predicted = [_predict_parent(r, named, parent_layers, sc) for r in window]
-    problems = [spread_problem(f"the parent's generate at batch {b}", measured, bounds),
+    problems = [spread_problem(f"the parent's generate at batch {b}", measured, limits),
                 spread_problem(f"the parent's summed block latencies at batch {b}", predicted,
-                               bounds)]
+                               limits)]
     ratio = median_iqr(measured)[0] / _predict_parent(_medians(window), named, parent_layers, sc)
-    lo, hi = bounds.parent_ratio or (0.0, float("inf"))
+    lo, hi = limits.parent_ratio or (0.0, float("inf"))
     if not lo <= ratio <= hi:
         problems.append(f"the parent's measured generate at batch {b} took {ratio:.2f}x its "
                         f"block-sum prediction (allowed {lo:g}-{hi:g}): the block timings do "
@@ -392,9 +368,10 @@ def _parent_summary(m: Measured, named, parent_layers, sc: Scenario, b: int) -> 
             "predicted_spread_s": median_iqr(predicted)[1], "measured_over_predicted": t / pred}
 
 
-def measure_table(config, space: dict, sc: Scenario, extra: dict | None = None) -> list[dict]:
+def measure_table(config, space: dict, sc: Scenario, extra: dict | None = None,
+                  clock: str = "wall") -> list[dict]:
     """runtime.parquet rows for every variant of `space` + overhead (see measure_runtime)."""
-    return measure_runtime(config, space, sc, extra).rows
+    return measure_runtime(config, space, sc, extra, clock=clock).rows
 
 
 def _rows(subblock, variant, b, timings, pbytes, kv) -> list[dict]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
+from puzzle_dsl.dsl.params import AbsoluteTarget, RelativeTarget, SearchParams
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.search.mip import SUBBLOCKS, Budget, Choice, Problem, Shortfall
 
@@ -190,30 +191,31 @@ def params_budget(rt: Runtime, limit: float = math.inf) -> Budget:
     return Budget("params", coef, rt.overhead_param_bytes / rt.bytes_per_param, limit)
 
 
-def throughput_target(rt: Runtime, throughput: Mapping | None, batch: int) -> float | None:
+def throughput_target(rt: Runtime, throughput: RelativeTarget | AbsoluteTarget | None,
+                      batch: int) -> float | None:
     """Tokens/s the child must reach at `batch` (None: no throughput constraint)."""
-    if not throughput:
+    if throughput is None:
         return None
-    if "absolute" in throughput:
-        return float(throughput["absolute"])
+    if isinstance(throughput, AbsoluteTarget):
+        return float(throughput.absolute)
     if batch not in rt.parent_tps:
         raise TableError(f"runtime/parent.json has no measurement at batch {batch}, needed by "
                          "search.throughput.relative: rerun the runtime stage")
-    return float(throughput["relative"]) * rt.parent_tps[batch]
+    return float(throughput.relative) * rt.parent_tps[batch]
 
 
-def budgets_at(rt: Runtime, search: Mapping, batch: int) -> list[Budget]:
+def budgets_at(rt: Runtime, search: SearchParams, batch: int) -> list[Budget]:
     """The search's constraints at one batch size, as MIP budgets."""
     out = []
-    target = throughput_target(rt, search.get("throughput"), batch)
+    target = throughput_target(rt, search.throughput, batch)
     if target is not None:
         out.append(time_budget(rt, batch, batch * rt.decode_len / target))
-    if search.get("latency_s") is not None:
-        out.append(time_budget(rt, batch, float(search["latency_s"]), name="latency"))
-    if search.get("memory_gib") is not None:
-        out.append(memory_budget(rt, batch, float(search["memory_gib"]) * GIB))
-    if search.get("max_params") is not None:
-        out.append(params_budget(rt, float(search["max_params"])))
+    if search.latency_s is not None:
+        out.append(time_budget(rt, batch, float(search.latency_s), name="latency"))
+    if search.memory_gib is not None:
+        out.append(memory_budget(rt, batch, float(search.memory_gib) * GIB))
+    if search.max_params is not None:
+        out.append(params_budget(rt, float(search.max_params)))
     return out
 
 
@@ -228,18 +230,18 @@ def predict(rt: Runtime, problem: Problem, choice: Choice, batch: int) -> dict:
             "params": round(params_budget(rt).total(choice)), "batch_size": batch}
 
 
-def describe(short: Shortfall, rt: Runtime, search: Mapping, batch: int) -> str:
+def describe(short: Shortfall, rt: Runtime, search: SearchParams, batch: int) -> str:
     """One shortfall in words, with the best value reachable."""
     where = "" if short.alone else " under the other constraints"
     if short.best is None:
         return f"{short.name}: the other constraints cannot be met together"
     if short.name == "throughput":
         tps, asked = batch * rt.decode_len / short.best, batch * rt.decode_len / short.limit
-        thr, parent = search["throughput"], rt.parent_tps.get(batch)
-        if "relative" in thr and parent:
+        thr, parent = search.throughput, rt.parent_tps.get(batch)
+        if isinstance(thr, RelativeTarget) and parent:
             return (f"throughput: the fastest child{where} reaches {tps / parent:.2f}x the "
                     f"parent's throughput ({tps:.1f} tokens/s at batch {batch}); asked "
-                    f"{float(thr['relative']):.2f}x ({asked:.1f} tokens/s)")
+                    f"{float(thr.relative):.2f}x ({asked:.1f} tokens/s)")
         return (f"throughput: the fastest child{where} reaches {tps:.1f} tokens/s at batch "
                 f"{batch}; asked {asked:.1f} tokens/s")
     if short.name == "latency":
