@@ -39,7 +39,7 @@ from puzzle_dsl.model.library import build_block, parent_shape_of
 from puzzle_dsl.train import distributed
 from puzzle_dsl.train.optim import clip_grad_norms, make_optimizer, warmup_cosine
 
-INITS = ("paper", "random")
+INITS = ("least_squares", "paper", "random")
 EPS = 1e-12  # normalized_mse's
 
 
@@ -199,17 +199,9 @@ def layer_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
                  backward: bool) -> Tensor:
     """MSE parts (n_blocks, 2) of one (local) batch, blocks in `block_keys` order; `backward`
     accumulates each block's gradient of its numerator."""
-    model = parent.model
     last = max(i for job in jobs for i in job.blocks)
-    with torch.no_grad():
-        h = model.embed_tokens(ids.to(model.embed_tokens.weight.device))  # (B, T, C)
-        pe, mask = model.rope_and_mask(h)
     parts = {}
-    for i in range(last + 1):
-        layer = model.layers[i]
-        with torch.no_grad():
-            m = layer.attention_subblock(h, pe, mask)
-            o = layer.ffn_subblock(m)
+    for i, layer, h, m, o, pe, mask in parent_activations(parent, ids, last):
         for j, job in enumerate(jobs):
             if i not in job.blocks:
                 continue
@@ -219,8 +211,35 @@ def layer_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
             if backward:
                 nd[0].backward()
             parts[(j, i)] = nd.detach()
-        h = o
     return torch.stack([parts[k] for k in block_keys(jobs)])  # (n_blocks, 2)
+
+
+def parent_activations(parent: nn.Module, ids: Tensor, last: int):
+    """Yield (i, layer, h, m, o, pe, mask) for parent layers 0..last, computed without grad:
+    h the layer's input, m after its attention subblock, o its output."""
+    model = parent.model
+    with torch.no_grad():
+        h = model.embed_tokens(ids.to(model.embed_tokens.weight.device))  # (B, T, C)
+        pe, mask = model.rope_and_mask(h)
+    for i in range(last + 1):
+        layer = model.layers[i]
+        with torch.no_grad():
+            m = layer.attention_subblock(h, pe, mask)
+            o = layer.ffn_subblock(m)
+        yield i, layer, h, m, o, pe, mask
+        h = o
+
+
+@torch.no_grad()
+def noop_losses(parent: nn.Module, job: VariantJob, ids: Tensor) -> dict[int, float]:
+    """{layer: normalized MSE of a no-op in place of the job's block} on one batch: 1.0 for an
+    FFN; for attention the parent's FFN still runs on the layer input, so it differs."""
+    out = {}
+    for i, layer, h, m, o, _, _ in parent_activations(parent, ids, max(job.blocks)):
+        if i in job.blocks:
+            y, start = (layer.ffn_subblock(h), h) if job.subblock == "attention" else (m, m)
+            out[i] = float(normalized(mse_parts(y - start, o - start)[None])[0])
+    return out
 
 
 def block_keys(jobs: Sequence[VariantJob]) -> list[tuple[int, int]]:

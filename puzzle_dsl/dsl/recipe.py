@@ -474,7 +474,11 @@ class SearchSpace(Node):
 # ---------------------------------------------------------------------------- training / scoring
 @dsl
 class BLD(Node):
-    """Blockwise local distillation of every non-parent variant (PUZZLE.md section 2)."""
+    """Blockwise local distillation of every non-parent variant (PUZZLE.md section 2).
+
+    init: least_squares (the paper's init, then each block's output linear re-fitted in closed
+    form on the calibration tokens), paper, or random.
+    """
 
     tokens: int = 1_000_000
     batch_size: int = 8
@@ -483,7 +487,7 @@ class BLD(Node):
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0
-    init: str = "paper"
+    init: str = "least_squares"
     seed: int = 0
     calibration_tokens: int = 65_536
     calibration_batch_size: int = 8
@@ -498,7 +502,7 @@ class BLD(Node):
         if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1
                                            for b in self.betas):
             self.fail(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        self._choice("init", ("paper", "random"))
+        self._choice("init", ("least_squares", "paper", "random"))
         self._int("seed")
         self._int("calibration_tokens", 1)
         self._int("calibration_batch_size", 1)
