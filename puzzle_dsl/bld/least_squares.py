@@ -20,32 +20,33 @@ RIDGES = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
 
 
 class NormalEquations:
-    """X^T X `[d_in, d_in]`, X^T Y `[d_in, d_out]`, sum(Y^2) and the row count, in float64."""
+    """X^T X `[d_in, d_in]`, X^T Y `[d_in, d_out]`, sum(Y^2) and the row count, in float64
+    on `device` (where the rows come from: no copies per batch)."""
 
-    def __init__(self, d_in: int, d_out: int):
-        self.xx = torch.zeros(d_in, d_in, dtype=torch.float64)
-        self.xy = torch.zeros(d_in, d_out, dtype=torch.float64)
-        self.yy = torch.zeros((), dtype=torch.float64)
+    def __init__(self, d_in: int, d_out: int, device: torch.device | str = "cpu"):
+        self.xx = torch.zeros(d_in, d_in, dtype=torch.float64, device=device)
+        self.xy = torch.zeros(d_in, d_out, dtype=torch.float64, device=device)
+        self.yy = torch.zeros((), dtype=torch.float64, device=device)
         self.rows = 0
 
     def add(self, x: Tensor, y: Tensor) -> None:
         """Fold rows x `[..., d_in]`, y `[..., d_out]` in."""
-        x = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float64)  # (N, d_in)
-        y = y.detach().reshape(-1, y.shape[-1]).to("cpu", torch.float64)  # (N, d_out)
+        x = x.detach().reshape(-1, x.shape[-1]).to(self.xx.device, torch.float64)  # (N, d_in)
+        y = y.detach().reshape(-1, y.shape[-1]).to(self.xx.device, torch.float64)  # (N, d_out)
         self.xx += x.T @ x
         self.xy += x.T @ y
         self.yy += y.pow(2).sum()
         self.rows += x.shape[0]
 
     def __add__(self, other: NormalEquations) -> NormalEquations:
-        out = NormalEquations(*self.xy.shape)
+        out = NormalEquations(*self.xy.shape, device=self.xx.device)
         out.xx, out.xy = self.xx + other.xx, self.xy + other.xy
         out.yy, out.rows = self.yy + other.yy, self.rows + other.rows
         return out
 
     def sse(self, w: Tensor) -> float:
         """Sum of squared errors of y ~ W x over the folded rows (W = 0 gives sum(Y^2))."""
-        w = w.detach().to("cpu", torch.float64)
+        w = w.detach().to(self.xx.device, torch.float64)
         return float(self.yy - 2 * (w.T * self.xy).sum() + (w @ self.xx * w).sum())
 
     def nmse(self, w: Tensor) -> float:
@@ -57,9 +58,11 @@ class NormalEquations:
         mean diag(X^T X)."""
         d_in = self.xx.shape[0]
         lam = ridge * float(self.xx.diagonal().mean().clamp_min(1e-300))
-        rhs = self.xy if prior is None else self.xy + lam * prior.to(torch.float64).T
-        a = self.xx + lam * torch.eye(d_in, dtype=torch.float64)
-        return torch.linalg.solve(a, rhs).T.contiguous()
+        rhs = self.xy if prior is None else self.xy + lam * prior.to(self.xy).T
+        a = self.xx + lam * torch.eye(d_in, dtype=torch.float64, device=self.xx.device)
+        chol, info = torch.linalg.cholesky_ex(a)  # symmetric positive definite when lam > 0
+        w_t = torch.cholesky_solve(rhs, chol) if int(info) == 0 else torch.linalg.solve(a, rhs)
+        return w_t.T.contiguous()
 
 
 @dataclass(frozen=True)

@@ -81,11 +81,11 @@ def normal_equations(parent: nn.Module, subblock: str, blocks: dict[int, nn.Modu
             if i in blocks:
                 x, y = _block_input_and_target(blocks[i], subblock, h, m, o, pe, mask)
                 if i not in eqs:
-                    eqs[i] = (NormalEquations(x.shape[-1], y.shape[-1]),
-                              NormalEquations(x.shape[-1], y.shape[-1]))
+                    eqs[i] = tuple(NormalEquations(x.shape[-1], y.shape[-1], x.device)
+                                   for _ in range(2))
                 for part, rows in zip(eqs[i], (~held, held)):
                     if rows.any():
-                        part.add(x[rows.to(x.device)], y[rows.to(y.device)])
+                        part.add(x[rows.to(x.device)], y[rows.to(x.device)])
             h = o
     if not eqs:
         raise ValueError("least-squares init saw no calibration tokens: check calibrate.tokens")
@@ -99,7 +99,7 @@ def least_squares_init(parent: nn.Module, subblock: str, blocks: dict[int, nn.Mo
     for i, (fit_eq, held_eq) in sorted(normal_equations(parent, subblock, blocks, batches).items()):
         linear = output_linear(blocks[i])
         replaces = _output_name(blocks[i]) in ("linear_attn", "linear_mlp")  # shrink to the no-op
-        prior = None if replaces else linear.weight.detach().cpu()
+        prior = None if replaces else linear.weight.detach()
         fits[i] = ridge_fit(fit_eq, held_eq, prior)
         with torch.no_grad():
             linear.weight.copy_(fits[i].weight.to(linear.weight))

@@ -264,7 +264,7 @@ def _local(ids: Tensor) -> Tensor:
     return distributed.rank_slice(ids, *distributed.rank_world(), what="bld.common.batch_size")
 
 
-def _eval_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor) -> list[float]:
+def eval_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor) -> list[float]:
     with torch.no_grad():
         return normalized(global_parts(layer_losses(parent, jobs, _local(ids), False))).tolist()
 
@@ -307,7 +307,7 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     n_blocks = len(groups)
     main = distributed.is_main()
 
-    init = _eval_losses(parent, jobs, eval_ids)
+    init = eval_losses(parent, jobs, eval_ids)
     start, history, seconds = 0, [], 0.0
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -353,7 +353,7 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     bar.close()
     seconds = time.perf_counter() - t0
 
-    final = _eval_losses(parent, jobs, eval_ids)
+    final = eval_losses(parent, jobs, eval_ids)
     for job in jobs:
         job.init_loss, job.final_loss = {}, {}
     for (j, i), a, b in zip(keys, init, final):
