@@ -119,7 +119,8 @@ def main() -> None:
                 rows.setdefault(job.name, {})["noop"] = noop_losses(parent, job, eval_ids)
                 rows[job.name][init] = (job.init_loss, job.final_loss, fits.get(job.name))
             print(f"{init}: init {t_init:.0f} s, {done}", flush=True)
-    report(rows, args.inits.split(","), args.untrained.split(","))
+            inits = args.inits.split(",")
+            report(rows, inits[: inits.index(init) + 1], args.untrained.split(","))  # so far
 
 
 def _mean(d: dict) -> float:
@@ -140,7 +141,7 @@ def report(rows: dict, inits: list[str], untrained: list[str]) -> None:
             worse = sum(final[k] > r["noop"][k] for k in final)
             cells += [f"{_mean(init):.3f}", "-" if i in untrained else f"{_mean(final):.3f}",
                       f"{max(final.values()):.3f}", f"{worse}/{len(final)}"]
-        print("| " + " | ".join(cells) + " |")
+        print("| " + " | ".join(cells) + " |", flush=True)
     if "least_squares" in inits:
         print("\nleast squares: held-out calibration NMSE (mean over layers) and ridges chosen")
         for name, r in rows.items():

@@ -54,7 +54,7 @@ class BldSettings:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    init: str = "paper"
+    init: str = "least_squares"  # BLD(init=...) in the recipe
     seed: int = 0
     checkpoint_every: int = 200  # steps between resume checkpoints (0: none)
     device: str = "auto"  # auto: cuda when present, else cpu
