@@ -1,9 +1,13 @@
 """Stage `bld-V`: train variant V's block for every layer it may take (decoupled BLD).
 
 Reads artifacts/parent/, the corpus (train split to train, the first batch of valid to measure
-init and final loss), and for pruned FFNs the calibration file. Writes artifacts/library/V/
+init and final loss), and for pruned FFNs the calibration file. With bld.common.init
+least_squares it first re-fits each block's output linear in closed form on the first
+calibrate.tokens tokens of the train split (puzzle_dsl.bld.refit). Writes artifacts/library/V/
 (blocks.safetensors, losses.parquet), metrics/bld/V.json and plots/bld/V.csv. Resumes from
 its own checkpoint (artifacts/library/.V.resume/) after an interruption, with the same result.
+The metrics give each block's NMSE against a no-op and against its init, and list the layers
+whose block ends worse than a no-op (`worse_than_noop`; the search stage drops them).
 
 Data parallel on N devices (or N CPU processes) with the same result as one process, within
 float tolerance (bld.common.batch_size stays the global batch and must divide by N):
@@ -55,6 +59,7 @@ def main(params: Params, item: str | None) -> None:
         VariantJob,
         fingerprint_of,
         make_block,
+        noop_losses,
         train,
     )
     from puzzle_dsl.dsl.space import needs_training
@@ -83,14 +88,26 @@ def main(params: Params, item: str | None) -> None:
         raise ValueError(f"variant {item}: layers {layers} must be within 0..{shape.num_hidden_layers - 1}")
     parent = parent.to(device)
 
-    needs_calibration = subblock == "ffn" and spec["kind"] == "swiglu" and settings.init == "paper"
+    base = "paper" if settings.init == "least_squares" else settings.init  # LS refits paper's
+    needs_calibration = subblock == "ffn" and spec["kind"] == "swiglu" and base == "paper"
     contributions = _contributions(layers) if needs_calibration else {}
     job = VariantJob(item, subblock, spec)
     for i in layers:
-        job.blocks[i] = make_block(parent, subblock, spec, i, settings.init, settings.seed,
+        job.blocks[i] = make_block(parent, subblock, spec, i, base, settings.seed,
                                    contributions.get(i), name=item)
 
     corpus = Path(layout.CORPUS_DIR)
+    fits = {}
+    if settings.init == "least_squares":
+        from puzzle_dsl.bld.refit import least_squares_init
+        from puzzle_dsl.corpus.dataset import iter_batches
+
+        cal = params.calibrate
+        if cal is None:
+            raise ValueError("bld.common.init least_squares fits on the calibration tokens, but "
+                             "this stage does not track the `calibrate` params: recompile")
+        fits = least_squares_init(parent, subblock, job.blocks, iter_batches(
+            corpus / "train.npy", cal.batch_size, limit_tokens=cal.tokens))
     batches = TrainBatches(corpus / "train.npy", settings.batch_size, settings.seed)
     valid = np.load(corpus / "valid.npy", mmap_mode="r")
     eval_ids = torch.from_numpy(np.asarray(valid[: settings.batch_size], dtype=np.int64))  # (B, T)
@@ -101,16 +118,34 @@ def main(params: Params, item: str | None) -> None:
     inputs = [Path(layout.PARENT_DIR) / "model.safetensors", corpus / "train.npy", corpus / "valid.npy"]
     if needs_calibration:
         inputs.append(Path(layout.CALIBRATION_FILE))
-    fingerprint = fingerprint_of(settings, subblock, spec, [p for p in inputs if p.exists()])
+    fingerprint = fingerprint_of(settings, subblock, spec, params.calibrate,
+                                 [p for p in inputs if p.exists()])
     result = train(parent, [job], batches, eval_ids, settings,
                    checkpoint=resume_dir / "checkpoint.pt", fingerprint=fingerprint,
                    checkpoint_every=settings.checkpoint_every)
     if distributed.is_main():
-        _write_outputs(item, subblock, job, layers, result)
+        _write_outputs(item, subblock, job, layers, result, noop_losses(parent, job, eval_ids),
+                       fits)
     distributed.barrier()
 
 
-def _write_outputs(item: str, subblock: str, job, layers: list[int], result) -> None:
+def block_metrics(job, layers: list[int], noop: dict[int, float], fits: dict) -> dict:
+    """Per-block NMSE against the no-op and the block's own init; the layers worse than no-op."""
+    out = {"init_loss": {str(i): job.init_loss[i] for i in layers},
+           "noop_loss": {str(i): noop[i] for i in layers},
+           "final_vs_init": {str(i): job.final_loss[i] / max(job.init_loss[i], 1e-12)
+                             for i in layers},
+           "final_vs_noop": {str(i): job.final_loss[i] / max(noop[i], 1e-12) for i in layers},
+           "worse_than_noop": [i for i in layers if job.final_loss[i] > noop[i]]}
+    if fits:
+        out["least_squares"] = {str(i): {"ridge": f.ridge, "heldout_nmse": f.heldout_nmse,
+                                         "prior_heldout_nmse": f.prior_heldout_nmse}
+                                for i, f in sorted(fits.items())}
+    return out
+
+
+def _write_outputs(item: str, subblock: str, job, layers: list[int], result,
+                   noop: dict[int, float], fits: dict) -> None:
     """blocks.safetensors + losses.parquet, metrics, plot; then drop the resume checkpoint."""
     import polars as pl
     from safetensors.torch import save_file
@@ -134,7 +169,11 @@ def _write_outputs(item: str, subblock: str, job, layers: list[int], result) -> 
                "final_loss": {str(i): job.final_loss[i] for i in layers},
                "tokens": result.tokens, "steps": result.steps,
                "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
-               "block_tokens_per_s": result.tokens * len(layers) / max(result.seconds, 1e-9)}
+               "block_tokens_per_s": result.tokens * len(layers) / max(result.seconds, 1e-9),
+               **block_metrics(job, layers, noop, fits)}
+    if metrics["worse_than_noop"]:
+        print(f"bld-{item}: layers {metrics['worse_than_noop']} end worse than a no-op block "
+              "(flagged; the search drops them)")
     _write_text(layout.bld_metrics(item), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     rows = [["step", "loss", "lr", "tokens"]] + [[r["step"], r["loss"], r["lr"], r["tokens"]]
                                                   for r in result.history]

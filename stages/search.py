@@ -1,6 +1,7 @@
 """Stage `search`: replace-1-block scores + runtime table -> the MIP's children (PUZZLE.md section 5).
 
-Reads scores/V.parquet for every variant of `space` and artifacts/runtime/; solves for every
+Reads scores/V.parquet for every variant of `space`, artifacts/runtime/ and metrics/bld/V.json
+(a (layer, variant) whose BLD block ends worse than a no-op is dropped, and printed); solves for every
 measured batch size and keeps the best; then num_solutions - 1 more diverse ones; then a Pareto
 sweep of throughput targets at the winning batch size. With `search.fixed` the given
 architecture is evaluated instead. Each of `search.baselines` (uniform width; depth pruning by
@@ -49,7 +50,7 @@ SCENARIO_KEYS = ("objective", "throughput", "memory_gib", "latency_s", "max_para
 def main(params: Params, item: str | None = None) -> None:
     search, space = params.search, params.space.specs()
     t0 = time.perf_counter()
-    problem = load_problem(space, search.objective)
+    problem = load_problem(space, search.objective, drop=flagged_blocks(space))
     runtime = params.runtime.section() if params.runtime else None
     rt = load_runtime(space, layout.RUNTIME_DIR, runtime)
     if search.fixed:
@@ -74,6 +75,20 @@ def main(params: Params, item: str | None = None) -> None:
                 "max_shared_layers": mip.max_shared(search.diversity_alpha, problem.num_layers),
                 "num_layers": problem.num_layers}
     write_outputs(scenario, solutions, points, space, rt, elapsed)
+
+
+def flagged_blocks(space: Mapping) -> dict[str, list[int]]:
+    """{variant: layers} whose BLD block ended worse than a no-op (metrics/bld/V.json); printed."""
+    out = {}
+    for sub in mip.SUBBLOCKS:
+        for name in sorted(space.get(sub) or {}):
+            path = Path(layout.bld_metrics(name))
+            layers = json.loads(path.read_text()).get("worse_than_noop") if path.is_file() else None
+            if layers:
+                out[name] = [int(i) for i in layers]
+                print(f"search: dropped {sub} variant {name} at layers {out[name]}: its BLD "
+                      "block ends worse than a no-op")
+    return out
 
 
 def _solution(problem: Problem, rt: Runtime, search: SearchParams, choice: Choice, batch: int,

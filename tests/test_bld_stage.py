@@ -145,3 +145,22 @@ def test_killed_stage_reruns_to_the_same_library(finished, tmp_path, tiny_parent
     _run_bld(root)
     ref, got = _library(finished), _library(root)
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_least_squares_stage_reports_each_block_against_the_no_op_and_its_init(
+        finished, tmp_path, tiny_parent_dir):
+    root = _pipeline(tmp_path, tiny_parent_dir)
+    common = {**PARAMS["bld"]["common"], "init": "least_squares", "tokens": 4 * 64}
+    (root / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "bld": {"common": common}}))
+    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
+    dvc["stages"][f"bld-{VARIANT}"]["params"].append("calibrate")  # as the compiler writes it
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    _run_bld(root)
+    metrics = json.loads((root / layout.bld_metrics(VARIANT)).read_text())
+    layers = ["0", "1", "3"]
+    assert set(metrics["least_squares"]) == set(metrics["final_vs_init"]) == set(layers)
+    assert all(metrics["noop_loss"][i] == pytest.approx(1.0) for i in layers)  # FFN no-op: 0
+    assert metrics["worse_than_noop"] == [int(i) for i in layers
+                                          if metrics["final_loss"][i] > metrics["noop_loss"][i]]
+    paper = json.loads((finished / layout.bld_metrics(VARIANT)).read_text())
+    assert metrics["mean_init_loss"] <= paper["mean_init_loss"]  # the refit starts ahead

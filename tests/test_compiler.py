@@ -19,6 +19,7 @@ from puzzle_dsl.compiler.build import (
     render,
 )
 from puzzle_dsl.dsl.recipe import (
+    BLD,
     FFN,
     GQA,
     Block,
@@ -190,8 +191,9 @@ def test_each_stage_declares_only_its_own_params():
     assert stages["parent"] == ["parent"]
     assert stages["corpus"] == ["corpus"]
     assert stages["calibrate"] == ["calibrate"]
-    assert stages["bld-attn_kv1"] == ["bld.common", "space.attention.attn_kv1"]
-    assert stages["bld-ffn_i768"] == ["bld.common", "space.ffn.ffn_i768"]
+    # the least-squares init (the default) fits on the calibration tokens
+    assert stages["bld-attn_kv1"] == ["bld.common", "space.attention.attn_kv1", "calibrate"]
+    assert stages["bld-ffn_i768"] == ["bld.common", "space.ffn.ffn_i768", "calibrate"]
     assert stages["score-ffn_noop"] == ["score.common", "space.ffn.ffn_noop"]
     assert stages["runtime"] == ["runtime", "space"]
     assert stages["search"] == ["search", "space"]
@@ -200,6 +202,13 @@ def test_each_stage_declares_only_its_own_params():
     assert stages["evaluate-parent"] == stages["evaluate-sol2"] == ["evaluate"]
     assert stages["export-sol0"] == ["export", "recipe"]
     assert stages["benchmark"] == ["benchmark", "report"]
+
+
+def test_paper_init_bld_stages_do_not_track_calibration_and_search_reads_bld_metrics():
+    stages = {s.name: s for s in build_pipeline(smol(bld=BLD(init="paper"))).stages}
+    assert stages["bld-attn_kv1"].params == ["bld.common", "space.attention.attn_kv1"]
+    assert {layout.bld_metrics("attn_kv1"), layout.bld_metrics("ffn_i768")} <= set(
+        stages["search"].deps)
 
 
 def test_one_stage_per_variant_and_per_solution_not_per_layer():

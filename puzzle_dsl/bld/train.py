@@ -164,17 +164,9 @@ def layer_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
                  backward: bool) -> Tensor:
     """MSE parts (n_blocks, 2) of one (local) batch, blocks in `block_keys` order; `backward`
     accumulates each block's gradient of its numerator."""
-    model = parent.model
     last = max(i for job in jobs for i in job.blocks)
-    with torch.no_grad():
-        h = model.embed_tokens(ids.to(model.embed_tokens.weight.device))  # (B, T, C)
-        pe, mask = model.rope_and_mask(h)
     parts = {}
-    for i in range(last + 1):
-        layer = model.layers[i]
-        with torch.no_grad():
-            m = layer.attention_subblock(h, pe, mask)
-            o = layer.ffn_subblock(m)
+    for i, layer, h, m, o, pe, mask in parent_activations(parent, ids, last):
         for j, job in enumerate(jobs):
             if i not in job.blocks:
                 continue
@@ -184,8 +176,35 @@ def layer_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
             if backward:
                 nd[0].backward()
             parts[(j, i)] = nd.detach()
-        h = o
     return torch.stack([parts[k] for k in block_keys(jobs)])  # (n_blocks, 2)
+
+
+def parent_activations(parent: nn.Module, ids: Tensor, last: int):
+    """Yield (i, layer, h, m, o, pe, mask) for parent layers 0..last, computed without grad:
+    h the layer's input, m after its attention subblock, o its output."""
+    model = parent.model
+    with torch.no_grad():
+        h = model.embed_tokens(ids.to(model.embed_tokens.weight.device))  # (B, T, C)
+        pe, mask = model.rope_and_mask(h)
+    for i in range(last + 1):
+        layer = model.layers[i]
+        with torch.no_grad():
+            m = layer.attention_subblock(h, pe, mask)
+            o = layer.ffn_subblock(m)
+        yield i, layer, h, m, o, pe, mask
+        h = o
+
+
+@torch.no_grad()
+def noop_losses(parent: nn.Module, job: VariantJob, ids: Tensor) -> dict[int, float]:
+    """{layer: normalized MSE of a no-op in place of the job's block} on one batch: 1.0 for an
+    FFN; for attention the parent's FFN still runs on the layer input, so it differs."""
+    out = {}
+    for i, layer, h, m, o, _, _ in parent_activations(parent, ids, max(job.blocks)):
+        if i in job.blocks:
+            y, start = (layer.ffn_subblock(h), h) if job.subblock == "attention" else (m, m)
+            out[i] = float(normalized(mse_parts(y - start, o - start)[None])[0])
+    return out
 
 
 def block_keys(jobs: Sequence[VariantJob]) -> list[tuple[int, int]]:
@@ -210,7 +229,7 @@ def _local(ids: Tensor) -> Tensor:
     return distributed.rank_slice(ids, *distributed.rank_world(), what="bld.common.batch_size")
 
 
-def _eval_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor) -> list[float]:
+def eval_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor) -> list[float]:
     with torch.no_grad():
         return normalized(global_parts(layer_losses(parent, jobs, _local(ids), False))).tolist()
 
@@ -254,7 +273,7 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     n_blocks = len(groups)
     main = distributed.is_main()
 
-    init = _eval_losses(parent, jobs, eval_ids)
+    init = eval_losses(parent, jobs, eval_ids)
     start, history, seconds = 0, [], 0.0
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -300,7 +319,7 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     bar.close()
     seconds = time.perf_counter() - t0
 
-    final = _eval_losses(parent, jobs, eval_ids)
+    final = eval_losses(parent, jobs, eval_ids)
     for job in jobs:
         job.init_loss, job.final_loss = {}, {}
     for (j, i), a, b in zip(keys, init, final):

@@ -480,13 +480,14 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
         stages.append(Stage("calibrate", None, "FFN channel contributions for pruning inits",
                             ["calibrate"], [P, C], [layout.CALIBRATION_FILE]))
     trained = []
+    ls_params = ["calibrate"] if params["bld"]["common"]["init"] == "least_squares" else []
     for sub in ("attention", "ffn"):
         for v, spec in sorted(space[sub].items()):
             if needs_training(sub, spec, shape):
                 trained.append(v)
                 deps = [P, C] + ([layout.CALIBRATION_FILE] if spec["kind"] == "swiglu" else [])
                 stages.append(Stage("bld", v, f"BLD: train {sub} variant {v} at its layers",
-                                    ["bld.common", f"space.{sub}.{v}"], deps,
+                                    ["bld.common", f"space.{sub}.{v}", *ls_params], deps,
                                     [layout.library_dir(v)], [layout.bld_metrics(v)],
                                     [layout.bld_plot(v)]))
     scores = []
@@ -507,7 +508,8 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
         Stage("runtime", None, "measure every block's latency and memory", ["runtime", "space"],
               [P], [layout.RUNTIME_DIR], [layout.RUNTIME_METRICS], runs_alone=True),
         Stage("search", None, "MIP: choose the children", ["search", "space"],
-              [*scores, layout.RUNTIME_DIR, *influence], [layout.SEARCH_DIR],
+              [*scores, *(layout.bld_metrics(v) for v in trained), layout.RUNTIME_DIR,
+               *influence], [layout.SEARCH_DIR],
               [layout.SEARCH_METRICS], [layout.SEARCH_PLOT]),
         Stage("evaluate", "parent", "evaluate the parent", ["evaluate"],
               [P, C, *ext["evaluate"]], [], [layout.PARENT_EVAL_METRICS]),

@@ -321,7 +321,7 @@ class BldCommon(Schema):
     weight_decay: Num(ge=0.0) = 0.1
     betas: Betas = (0.9, 0.95)
     grad_clip: Num(ge=0.0) = 1.0
-    init: Literal["paper", "random"] = "paper"
+    init: Literal["least_squares", "paper", "random"] = "least_squares"
     seed: Int(ge=0) = 0
 
 
@@ -334,7 +334,10 @@ class Calibrate(Schema):
 
 class BLD(BldCommon):
     """Blockwise local distillation of every non-parent variant (PUZZLE.md section 2).
-    calibration_* compile to params.yaml `calibrate`, the rest to `bld.common`."""
+    calibration_* compile to params.yaml `calibrate`, the rest to `bld.common`.
+
+    init: least_squares (the paper's init, then each block's output linear re-fitted in closed
+    form on the calibration tokens; the default), paper, or random."""
 
     calibration_tokens: Int(ge=1) = Calibrate.model_fields["tokens"].default
     calibration_batch_size: Int(ge=1) = Calibrate.model_fields["batch_size"].default

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +42,11 @@ class TableError(ValueError):
 
 
 def load_problem(space: Mapping, objective: str,
-                 path_of: Callable[[str], str] = layout.scores_file) -> Problem:
-    """Per-layer scores of every variant of the space at the layers it allows."""
+                 path_of: Callable[[str], str] = layout.scores_file,
+                 drop: Mapping[str, Iterable[int]] | None = None) -> Problem:
+    """Per-layer scores of every variant of the space at the layers it allows, less the
+    layers `drop` names per variant (blocks BLD flagged as worse than a no-op)."""
+    drop = {name: {int(i) for i in layers} for name, layers in (drop or {}).items()}
     if objective not in OBJECTIVES:
         raise TableError(f"search.objective {objective!r} is not one of {sorted(OBJECTIVES)}")
     metric, maximize = OBJECTIVES[objective]
@@ -52,6 +55,8 @@ def load_problem(space: Mapping, objective: str,
         for name, spec in sorted(space.get(sub, {}).items()):
             values = _variant_scores(path_of(name), name, sub, metric)
             for i in spec["layers"]:
+                if int(i) in drop.get(name, ()):
+                    continue
                 if i not in values:
                     raise TableError(f"{path_of(name)} has no {metric!r} score for layer {i}: "
                                      f"rerun the score-{name} stage")
