@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from puzzle_dsl.compiler.inputs import check_inputs
 from puzzle_dsl.dsl.recipe import (
     FFN,
     GQA,
@@ -389,8 +390,8 @@ def _source_params(src, root: Path) -> dict:
 
 
 def _tasks(tasks, root: Path) -> list[dict]:
-    return [{"name": t.name, **({"path": _path(t, t.path, root)} if t.path else {})}
-            for t in tasks]
+    return [{"name": t.name, **({"path": _path(t, t.path, root)} if t.path else {}),
+             **({"format": t.format} if t.format else {})} for t in tasks]
 
 
 def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
@@ -674,6 +675,7 @@ def build_pipeline(recipe: Recipe, root: str | Path = ".", shape: ParentShape | 
     root = Path(root)
     shape = shape or parent_shape(recipe)
     params = build_params(recipe, shape, root)
+    check_inputs(recipe, shape, params, root)
     stages = build_stages(params, shape)
     external = {p for paths in _external_deps(params).values() for p in paths}
     ordered = check_graph(stages, external)

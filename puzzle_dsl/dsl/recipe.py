@@ -506,14 +506,23 @@ class BLD(Node):
 
 @dsl
 class Task(Node):
-    """An evaluation task: a local file in its public format (`path`) or an lm-eval name."""
+    """An evaluation task: a local file in its public format (`path`) or an lm-eval name.
+
+    `format` names the file's layout (arc, boolq, copa, hellaswag, lambada, openbookqa, piqa,
+    winogrande) when `name` is not a known task name.
+    Example: Task("my_arc", path="data/arc_subset.jsonl", format="arc")
+    """
 
     name: str
     path: str | None = None
+    format: str | None = None
 
     def _check(self) -> None:
         self._str("name")
         self._str("path", optional=True)
+        self._str("format", optional=True)
+        if self.format and not self.path:
+            self.fail("format applies to a local file: give path=... too, or drop format")
         if self.path and not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
             self.fail("a local task's name becomes an lm-eval task name: use letters, digits "
                       "and _ only")
