@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from puzzle_dsl.evaluate import tasks as T
 
+from puzzle_dsl.evaluate import tasks as T
 from puzzle_dsl.evaluate.tasks import TaskFileError, validate_task_file, write_tasks
 
 LM_EVAL_TASKS = Path(importlib.util.find_spec("lm_eval").submodule_search_locations[0]) / "tasks"
