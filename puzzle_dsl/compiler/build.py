@@ -729,15 +729,32 @@ def compile_recipe(recipe: Recipe, out_dir: str | Path = ".", shape: ParentShape
     pipeline = build_pipeline(recipe, out_dir, shape, code_root)
     texts = render(pipeline)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmps = []
+    write_pair(out_dir, texts)
+    return pipeline
+
+
+def write_pair(out_dir: Path, texts: dict[str, str]) -> None:
+    """Replace the files of `texts` together: on any failure the previous ones are put back."""
+    tag = f"tmp-{os.getpid()}"
+    new = {name: out_dir / f".{name}.{tag}" for name in texts}
+    old = {name: out_dir / f".{name}.old-{tag}" for name in texts}
+    replaced: list[str] = []
     try:
         for name, text in texts.items():
-            tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-            tmp.write_text(text)
-            tmps.append((tmp, out_dir / name))
-        for tmp, final in tmps:
-            os.replace(tmp, final)
+            new[name].write_text(text)
+        for name in texts:
+            if (out_dir / name).exists():
+                os.link(out_dir / name, old[name])  # a second name for the previous file
+        for name in texts:
+            os.replace(new[name], out_dir / name)
+            replaced.append(name)
+    except BaseException:
+        for name in replaced:  # put the previous pair back (or remove a first one)
+            if old[name].exists():
+                os.replace(old[name], out_dir / name)
+            else:
+                (out_dir / name).unlink(missing_ok=True)
+        raise
     finally:
-        for tmp, _ in tmps:
-            tmp.unlink(missing_ok=True)
-    return pipeline
+        for path in (*new.values(), *old.values()):
+            path.unlink(missing_ok=True)

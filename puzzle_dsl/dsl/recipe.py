@@ -829,22 +829,33 @@ class Recipe(Node):
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Run a recipe file and return its `recipe` variable."""
+    """Run a recipe file and return its `recipe` variable (the one Recipe it binds)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"no recipe file {path}: give the path of a .py file that defines "
                           f"`recipe = Recipe(...)`")
+    shown = _show_path(str(path))
     try:
         namespace = runpy.run_path(str(path), run_name="__recipe__")
     except RecipeError:
         raise
+    except SyntaxError as exc:  # raised while compiling: no frame of the recipe to point at
+        where = f"{shown}:{exc.lineno or 0}" + (f":{exc.offset}" if exc.offset else "")
+        text = f": {exc.text.strip()}" if exc.text and exc.text.strip() else ""
+        raise RecipeError(f"{where}: SyntaxError: {exc.msg}{text}") from None
     except Exception as exc:  # a Python error in the recipe: point at its line
         target = os.path.abspath(path)
         line = next((fr.lineno for fr in reversed(traceback.extract_tb(exc.__traceback__))
                      if os.path.abspath(fr.filename) == target), 0)
-        raise RecipeError(f"{_show_path(str(path))}:{line}: {type(exc).__name__}: {exc}") from exc
+        raise RecipeError(f"{shown}:{line}: {type(exc).__name__}: {exc}") from exc
     recipe = namespace.get("recipe")
     if not isinstance(recipe, Recipe):
-        raise RecipeError(f"{_show_path(str(path))}: defines no `recipe = Recipe(...)` "
+        raise RecipeError(f"{shown}: defines no `recipe = Recipe(...)` "
                           f"(found {type(recipe).__name__})")
+    others = sorted(k for k, v in namespace.items()
+                    if isinstance(v, Recipe) and v is not recipe and not k.startswith("_"))
+    if others:
+        raise RecipeError(f"{shown}: binds {len(others) + 1} Recipe objects (recipe, "
+                          f"{', '.join(others)}); a recipe file compiles one: keep `recipe`, "
+                          f"delete the others or prefix helper names with _")
     return recipe
