@@ -9,9 +9,10 @@ file. Each stage checks its input again with the same functions before doing any
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 
-from puzzle_dsl.dsl.recipe import Recipe
+from puzzle_dsl.dsl.recipe import Node, Recipe
 from puzzle_dsl.dsl.space import ParentShape
 
 
@@ -20,19 +21,32 @@ def _absolute(path: str, root: Path) -> str:
     return os.path.realpath(Path(root, path))  # `root` may not exist yet
 
 
+def _built(owner: Node, name: str) -> Node:
+    """The node to name in a message about `owner.name`: the field's value, or `owner` when the
+    field holds its class default (built at import, so its own line is not in the recipe)."""
+    value = getattr(owner, name)
+    default = next(f.default for f in fields(owner) if f.name == name)
+    return owner if value is default else value
+
+
 def check_positions(recipe: Recipe, shape: ParentShape) -> None:
     """Every sequence a stage builds fits the parent's position range."""
     limit = shape.max_position_embeddings
     if limit is None:
         return
-    corpus, scenario, bench = recipe.corpus, recipe.scenario, recipe.evaluation.benchmark
-    if corpus.seq_len > limit:
-        corpus.fail(f"seq_len={corpus.seq_len} exceeds the parent's max_position_embeddings="
-                      f"{limit}: lower seq_len to at most {limit}")
-    for node in (scenario, bench):
-        if node.prefill_len + node.decode_len > limit:
-            node.fail(f"prefill_len + decode_len = {node.prefill_len + node.decode_len} "
-                        f"exceeds the parent's max_position_embeddings={limit}: shorten them")
+    evaluation = _built(recipe, "evaluation")
+    bench = recipe.evaluation.benchmark
+    lengths = {"corpus: seq_len": (recipe.corpus.seq_len, _built(recipe, "corpus")),
+               "scenario: prefill_len + decode_len": (
+                   recipe.scenario.prefill_len + recipe.scenario.decode_len,
+                   _built(recipe, "scenario")),
+               "evaluation.benchmark: prefill_len + decode_len": (
+                   bench.prefill_len + bench.decode_len,
+                   evaluation if evaluation is recipe else _built(evaluation, "benchmark"))}
+    for what, (length, node) in lengths.items():
+        if length > limit:
+            node.fail(f"{what} = {length} exceeds the parent's max_position_embeddings="
+                      f"{limit}: make it at most {limit}")
 
 
 def check_corpus_files(recipe: Recipe, params: dict, root: Path) -> None:
