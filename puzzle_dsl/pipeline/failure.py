@@ -26,9 +26,10 @@ def where(exc: BaseException, root: Path) -> str | None:
     ours = None
     for frame in traceback.extract_tb(exc.__traceback__):
         path = Path(frame.filename).resolve()
-        if path.is_relative_to(_PACKAGE) or path.is_relative_to(stages):
-            base = _PACKAGE.parent if path.is_relative_to(_PACKAGE) else Path(root).resolve()
-            ours = f"{path.relative_to(base)}:{frame.lineno}"
+        if path.is_relative_to(_PACKAGE):
+            ours = f"{path.relative_to(_PACKAGE.parent)}:{frame.lineno}"
+        elif path.is_relative_to(stages):
+            ours = f"stages/{path.relative_to(stages)}:{frame.lineno}"
     return ours
 
 
