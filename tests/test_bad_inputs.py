@@ -188,6 +188,8 @@ ROWS = [
     _parent("dir:hf", {"hf/config.json": config(num_hidden_layers="four")}, "not an integer",
             name="config-size-not-a-number"),
     _parent("dir:hf", {"hf/notes.txt": "x"}, "config.json", name="config-absent"),
+    _parent("dir:hf", {"hf/config.json": '{"model_type": "llama",'}, "config.json is not valid JSON",
+            name="config-not-json"),
     Bad("config-max-positions-below-default-seq-len", 'Parent("dir:hf")', "",
         ("r.py:3", "corpus: seq_len = 256", "max_position_embeddings=32"),
         {"hf/config.json": config(max_position_embeddings=32)},

@@ -65,7 +65,13 @@ def shape_from_config(path: Path) -> ParentShape:
     if not path.is_file():
         raise ParentShapeError(f"no {path}: a dir: parent needs a Hugging Face folder with "
                                f"config.json")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ParentShapeError(f"{path} is not valid JSON ({exc}): fix or replace the file") \
+            from None
+    if not isinstance(config, dict):
+        raise ParentShapeError(f"{path} must hold a JSON object of config keys")
     kind = config.get("model_type")
     if kind != "llama":
         raise ParentShapeError(f"{path}: model_type {kind!r} is not supported; puzzle-dsl "
@@ -106,13 +112,13 @@ def check_heads(shape: ParentShape, head_dim: int | None, where: str) -> None:
     heads, kv = shape.num_attention_heads, shape.num_key_value_heads
     if heads % kv:
         raise ParentShapeError(f"{where}: num_key_value_heads={kv} does not divide "
-                               f"num_attention_heads={heads}; fix config.json (GQA needs whole "
-                               f"groups of heads)")
+                               f"num_attention_heads={heads} (GQA needs whole groups of heads); "
+                               f"the parent's config is inconsistent")
     head_dim = head_dim or shape.hidden_size // heads
     if head_dim * heads != shape.hidden_size:
         raise ParentShapeError(f"{where}: num_attention_heads={heads} x head_dim={head_dim} != "
-                               f"hidden_size={shape.hidden_size}; fix config.json (linear "
-                               f"attention variants need them equal)")
+                               f"hidden_size={shape.hidden_size} (linear attention variants need "
+                               f"them equal); the parent's config is inconsistent")
 
 
 def _hub_config(repo: str) -> Path:
