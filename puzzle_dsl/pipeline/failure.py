@@ -39,6 +39,8 @@ def hint(exc: BaseException) -> str:
         return "the disk is full: free space, then rerun `dvc repro` (finished stages are kept)"
     if isinstance(exc, MemoryError):
         return "out of memory: lower the stage's batch_size in the recipe, recompile and rerun"
+    if type(exc).__module__.startswith(("puzzle_dsl.", "puzzle_stage_")):
+        return "the message says what to change; then rerun `dvc repro`"
     if isinstance(exc, (ValueError, FileNotFoundError, KeyError)):
         return ("fix the input named above (in the recipe, then `puzzle-dsl compile`), then rerun "
                 "`dvc repro`")
