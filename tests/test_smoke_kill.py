@@ -2,51 +2,58 @@
 byte-identical to the uninterrupted build (the session's `smoke_pipeline`).
 
 Each point reruns one stage (`dvc repro --force --single-item`) and kills the whole process group
-(DVC and the stage program) with SIGKILL part-way through the stage's own duration in the first
-build; `dvc repro --no-run-cache` must then rebuild it by running it (not by restoring it from the
+(DVC and the stage program) with SIGKILL once the stage's output shows it inside its work;
+`dvc repro --no-run-cache` must then rebuild it by running it (not by restoring it from the
 run cache) and leave dvc.lock, which records the md5 of every output, unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
-import time
 
 import pytest
 
 pytestmark = pytest.mark.pipeline
 
-# (stage, fraction of its first-build duration at which it is killed)
-KILL_POINTS = [("corpus", 0.6), ("bld-attn_kv1", 0.8), ("gkd-sol0", 0.8), ("export-sol0", 0.8)]
+# (stage, what its output shows once it is inside its work): killed the moment that appears
+KILL_POINTS = [("corpus", r"generated \d+/\d+ tokens"),  # sampling from the parent
+               ("bld-attn_kv1", r"bld:\s+\d+%"),  # BLD's training loop has started
+               ("gkd-sol0", r"gkd:\s+\d+%"),  # GKD's training loop has started
+               ("export-sol0", r"Running stage 'export-sol0'")]  # loading the child
 
 
-def _kill_inside(smoke, stage: str, fraction: float) -> str:
-    """Start the stage under DVC, SIGKILL its process group `fraction` into its run; the log."""
+def _kill_inside(smoke, stage: str, marker: str) -> str:
+    """Start the stage under DVC and SIGKILL its whole process group (DVC and the stage
+    program) as soon as `marker` shows in its output; the output up to then."""
     proc = subprocess.Popen(["dvc", "repro", "--force", "--single-item", stage], cwd=smoke.root,
-                            env=smoke.env(track=False), text=True, start_new_session=True,
+                            env=smoke.env(track=False), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines = []
-    for line in proc.stdout:  # DVC has removed the outputs once it says it runs the stage
-        lines.append(line)
-        if f"Running stage '{stage}'" in line:
+    seen = b""
+    while not re.search(marker, seen.decode(errors="replace")):
+        chunk = os.read(proc.stdout.fileno(), 4096)  # progress bars end in \r, not \n
+        if not chunk:
             break
-    time.sleep(fraction * smoke.first.stage_s[stage])
+        seen += chunk
     alive = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert alive, f"{stage} ended before the kill; lower its fraction:\n{''.join(lines)}"
-    return "".join(lines)
+    text = seen.decode(errors="replace")
+    assert alive and re.search(marker, text), f"{stage} ended before the kill point:\n{text}"
+    return text
 
 
-@pytest.mark.parametrize(("stage", "fraction"), KILL_POINTS, ids=[s for s, _ in KILL_POINTS])
-def test_kill_9_inside_a_stage_then_repro_gives_identical_outputs(smoke_pipeline, stage, fraction):
+@pytest.mark.parametrize(("stage", "marker"), KILL_POINTS, ids=[s for s, _ in KILL_POINTS])
+def test_kill_9_inside_a_stage_then_repro_gives_identical_outputs(smoke_pipeline, stage, marker):
     smoke = smoke_pipeline
     assert "up to date" in smoke.sh("dvc", "status"), "the smoke pipeline was left changed"
     lock = (smoke.root / "dvc.lock").read_text()
     try:
-        _kill_inside(smoke, stage, fraction)
+        _kill_inside(smoke, stage, marker)
         rerun = smoke.repro("--no-run-cache", track=False)
         assert stage in rerun.ran, f"{stage} was not rebuilt by running it:\n{rerun.log}"
         assert rerun.ran == {stage}, "an identical rebuild reruns nothing downstream"
