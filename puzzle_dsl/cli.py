@@ -144,13 +144,23 @@ def fingerprint(programs: tuple[str, ...], root: str) -> None:
               help="Pipeline root (the folder of dvc.yaml).")
 def run_stage_cmd(name: str, item: str | None, root: str) -> None:
     """Run stage NAME [ITEM] of dvc.yaml (what `dvc repro` calls; also runs by hand)."""
-    from puzzle_dsl.pipeline.run_stage import StageError, run_stage
+    from puzzle_dsl.pipeline import failure
+    from puzzle_dsl.pipeline.run_stage import StageError, run_stage, stage_id
     from puzzle_dsl.runtime.guard import NoisyTiming
 
     try:
         run_stage(name, item, root)
     except (StageError, NoisyTiming) as exc:  # NoisyTiming: timings refused, message says why
         _fail(exc)
+    except KeyboardInterrupt:
+        click.echo(f"error: stage {stage_id(name, item)!r} interrupted; rerun it to resume",
+                   err=True)
+        sys.exit(130)
+    except Exception as exc:  # one clear message; the traceback only with PUZZLE_DEBUG=1
+        if failure.debugging():
+            raise
+        click.echo(f"error: {failure.describe(exc, stage_id(name, item), Path(root))}", err=True)
+        sys.exit(1)
 
 
 @main.command()

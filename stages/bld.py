@@ -113,8 +113,7 @@ def main(params: Params, item: str | None) -> None:
     eval_ids = torch.from_numpy(np.asarray(valid[: settings.batch_size], dtype=np.int64))  # (B, T)
 
     library = Path(layout.library_dir(item))
-    resume_dir = library.parent / f".{library.name}.resume"
-    resume_dir.mkdir(parents=True, exist_ok=True)
+    resume_dir = library.parent / f".{library.name}.resume"  # made at the first checkpoint
     inputs = [Path(layout.PARENT_DIR) / "model.safetensors", corpus / "train.npy", corpus / "valid.npy"]
     if needs_calibration:
         inputs.append(Path(layout.CALIBRATION_FILE))

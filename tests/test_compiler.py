@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -48,8 +49,11 @@ from puzzle_dsl.dsl.space import ParentShape
 from puzzle_dsl.pipeline import layout
 
 REPO = Path(__file__).resolve().parents[1]
+ARC_RECORD = {"question": {"stem": "Which is a gas?", "choices": [{"text": "ice", "label": "A"},
+              {"text": "steam", "label": "B"}]}, "answerKey": "B"}
 SMOL = ParentShape(num_hidden_layers=30, hidden_size=576, num_attention_heads=9,
-                   num_key_value_heads=3, intermediate_size=1536, vocab_size=49152)
+                   num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
+                   max_position_embeddings=8192)
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -397,7 +401,7 @@ def test_nothing_is_written_when_compilation_fails(tmp_path):
 
 def test_recipe_files_become_deps_with_relative_paths(tmp_path):
     (tmp_path / "notes.txt").write_text("hello\n")
-    (tmp_path / "task.jsonl").write_text("{}\n")
+    (tmp_path / "task.jsonl").write_text(json.dumps(ARC_RECORD) + "\n")
     recipe = smol(corpus=Corpus(sources=[Generated(), TextFile(str(tmp_path / "notes.txt"))]),
                   evaluation=Evaluation(tasks=[Task("arc_easy", path=str(tmp_path /
                                                                          "task.jsonl"))]))

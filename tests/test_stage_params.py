@@ -60,7 +60,7 @@ BAD = [  # (stage program, dotted params key, value after compile, words the mes
     ("bld", "bld.common.tokens", -5, "must be >= 1"),
     ("bld", "bld.common.batch_size", 2.5, "must be an integer"),
     ("bld", "bld.common.batch_size", True, "must be an integer"),
-    ("bld", "bld.common.init", "zeros", "is 'zeros', not one of 'paper' or 'random'"),
+    ("bld", "bld.common.init", "zeros", "is 'zeros', not one of 'least_squares', 'paper' or 'random'"),
     ("bld", "bld.common.betas", [0.9, 1.5], "must be < 1"),
     ("bld", "bld.common.lr_max", 1.0, "is not a known key"),
     ("bld", "bld.common.checkpoint_every", -1, "must be >= 0"),

@@ -250,7 +250,7 @@ def test_empty_file_is_rejected(tmp_path):
 
 def test_unknown_local_task_asks_for_a_format(tmp_path):
     path = _write_jsonl(tmp_path / "x.jsonl", [ARC_REC])
-    with pytest.raises(TaskFileError, match="set `format:`"):
+    with pytest.raises(TaskFileError, match=r"give Task\(..., format=F\)"):
         write_tasks([{"name": "my_quiz", "path": str(path)}], tmp_path / "out")
     assert write_tasks(
         [{"name": "my_quiz", "format": "arc", "path": str(path)}], tmp_path / "out"

@@ -244,6 +244,7 @@ class TrainResult:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -276,7 +277,7 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     init = eval_losses(parent, jobs, eval_ids)
     start, history, seconds = 0, [], 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state.get("fingerprint") == fingerprint:
             for job, blocks in zip(jobs, state["blocks"]):
                 for i, sd in blocks.items():

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from puzzle_dsl.compiler.code_deps import code_deps
+from puzzle_dsl.compiler.inputs import check_inputs
 from puzzle_dsl.dsl.gguf_types import LINEAR_FFN
 from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.dsl.recipe import (
@@ -164,13 +165,14 @@ def ffn_size(share: float, intermediate_size: int, grid: int) -> int:
     return min(intermediate_size, max(grid, size))
 
 
-def _check_grid(space: Node, shape: ParentShape) -> None:
-    """The parent's own FFN width must lie on the space's grid (children keep it)."""
+def _check_grid(where: Node, space: Node, shape: ParentShape) -> None:
+    """The parent's own FFN width must lie on the space's grid (children keep it); errors
+    name `where` (the space, or the recipe when it takes the default space)."""
     grid, width = space.ffn_grid, shape.intermediate_size
     if width % grid:
         fit = next(g for g in (READER_FFN_GRID, 128, 64, 32, 16, 8, 4, 2, 1)
                    if width % g == 0 and (g <= width // 4 or g == 1))
-        _fail(space, f"the parent's FFN width {width} is not a multiple of ffn_grid={grid}, so "
+        _fail(where, f"the parent's FFN width {width} is not a multiple of ffn_grid={grid}, so "
                      f"children that keep it are off the grid: set SearchSpace(ffn_grid={fit})"
                      + ("" if fit % READER_FFN_GRID == 0 else
                         f" (such children are refused by {GRID_READERS})"))
@@ -234,7 +236,7 @@ def resolve_space(recipe: Recipe, shape: ParentShape) -> dict:
     parents = {sub: parent_piece(sub, shape) for sub in out}
     for sub, variants in (("attention", space.attention), ("ffn", space.ffn)):
         if sub == "ffn":  # after the attention errors, in recipe order
-            _check_grid(space, shape)
+            _check_grid(space if "space" in recipe.model_fields_set else recipe, space, shape)
         for v in variants:
             _, spec, name = variant_spec(v, shape, space.ffn_grid)
             if recipe.gguf and spec["kind"] == "linear" and sub == "ffn":
@@ -410,8 +412,8 @@ def _source_params(src, root: Path) -> dict:
 
 
 def _tasks(tasks, root: Path) -> list[dict]:
-    return [{"name": t.name, **({"path": _path(t, t.path, root)} if t.path else {})}
-            for t in tasks]
+    return [{"name": t.name, **({"path": _path(t, t.path, root)} if t.path else {}),
+             **({"format": t.format} if t.format else {})} for t in tasks]
 
 
 def build_params(recipe: Recipe, shape: ParentShape, root: Path) -> dict:
@@ -604,6 +606,7 @@ def build_pipeline(recipe: Recipe, root: str | Path = ".", shape: ParentShape | 
     shape = shape or parent_shape(recipe)
     params = build_params(recipe, shape, root)
     Params.read(params)  # what the stages will validate: the compiled form must pass
+    check_inputs(recipe, shape, params, root)
     stages = build_stages(params, shape)
     external = {p for paths in _external_deps(params).values() for p in paths}
     ordered = check_graph(stages, external)
@@ -683,15 +686,32 @@ def compile_recipe(recipe: Recipe, out_dir: str | Path = ".", shape: ParentShape
     pipeline = build_pipeline(recipe, out_dir, shape, code_root)
     texts = render(pipeline)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmps = []
+    write_pair(out_dir, texts)
+    return pipeline
+
+
+def write_pair(out_dir: Path, texts: dict[str, str]) -> None:
+    """Replace the files of `texts` together: on any failure the previous ones are put back."""
+    tag = f"tmp-{os.getpid()}"
+    new = {name: out_dir / f".{name}.{tag}" for name in texts}
+    old = {name: out_dir / f".{name}.old-{tag}" for name in texts}
+    replaced: list[str] = []
     try:
         for name, text in texts.items():
-            tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-            tmp.write_text(text)
-            tmps.append((tmp, out_dir / name))
-        for tmp, final in tmps:
-            os.replace(tmp, final)
+            new[name].write_text(text)
+        for name in texts:
+            if (out_dir / name).exists():
+                os.link(out_dir / name, old[name])  # a second name for the previous file
+        for name in texts:
+            os.replace(new[name], out_dir / name)
+            replaced.append(name)
+    except BaseException:
+        for name in replaced:  # put the previous pair back (or remove a first one)
+            if old[name].exists():
+                os.replace(old[name], out_dir / name)
+            else:
+                (out_dir / name).unlink(missing_ok=True)
+        raise
     finally:
-        for tmp, _ in tmps:
-            tmp.unlink(missing_ok=True)
-    return pipeline
+        for path in (*new.values(), *old.values()):
+            path.unlink(missing_ok=True)

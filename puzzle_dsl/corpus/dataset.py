@@ -11,6 +11,7 @@ so no sequence can land in two parts. Each split is stored as int32 `[n_seq, seq
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -49,26 +50,65 @@ def check_sources(sources: list[dict]) -> None:
     if not sources:
         raise CorpusError("corpus.sources is empty: add at least one source (e.g. kind: generated)")
     for i, src in enumerate(sources):
-        kind = src.get("kind")
-        if kind not in KINDS:
-            raise CorpusError(f"corpus.sources[{i}]: kind {kind!r} is not one of {KINDS}")
-        weight = src.get("weight", 1.0)
-        if not isinstance(weight, (int, float)) or weight <= 0:
-            raise CorpusError(
-                f"corpus.sources[{i}]: weight must be a positive number, got {weight!r}"
-            )
-        if kind in ("text", "jsonl", "parquet"):
-            path = src.get("path")
-            if not path:
-                raise CorpusError(f"corpus.sources[{i}] ({kind}): needs `path`")
-            if not Path(path).is_file():
-                raise CorpusError(f"corpus.sources[{i}] ({kind}): file {path} does not exist")
-            if Path(path).stat().st_size == 0:
-                raise CorpusError(f"corpus.sources[{i}] ({kind}): file {path} is empty")
-        if kind in ("jsonl", "parquet") and not (src.get("field") or src.get("messages_field")):
-            raise CorpusError(f"corpus.sources[{i}] ({kind}): set `field` (or `messages_field`)")
-        if kind == "hf" and not src.get("name"):
-            raise CorpusError(f"corpus.sources[{i}] (hf): needs `name` (a hub dataset id)")
+        check_source(src, i)
+
+
+def check_source(src: dict, i: int) -> None:
+    """One source's settings, and the start of its file (the rest is checked as it is read)."""
+    kind = src.get("kind")
+    if kind not in KINDS:
+        raise CorpusError(f"corpus.sources[{i}]: kind {kind!r} is not one of {KINDS}")
+    weight = src.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or weight <= 0:
+        raise CorpusError(f"corpus.sources[{i}]: weight must be a positive number, got {weight!r}")
+    if kind in ("text", "jsonl", "parquet"):
+        path = src.get("path")
+        if not path:
+            raise CorpusError(f"corpus.sources[{i}] ({kind}): needs `path`")
+        if not Path(path).is_file():
+            raise CorpusError(f"corpus.sources[{i}] ({kind}): file {path} does not exist")
+        if Path(path).stat().st_size == 0:
+            raise CorpusError(f"corpus.sources[{i}] ({kind}): file {path} is empty: give a "
+                              f"file with text, or remove the source")
+    if kind in ("jsonl", "parquet") and not (src.get("field") or src.get("messages_field")):
+        raise CorpusError(f"corpus.sources[{i}] ({kind}): set `field` (or `messages_field`)")
+    if kind == "hf" and not src.get("name"):
+        raise CorpusError(f"corpus.sources[{i}] (hf): needs `name` (a hub dataset id)")
+    if kind == "text":
+        _check_text_head(src["path"], i)
+    if kind == "jsonl":
+        _check_jsonl_head(src, i)
+
+
+_HEAD_BYTES, _HEAD_RECORDS = 1 << 20, 1000  # how much of a file the up-front check reads
+
+
+def _check_text_head(path: str, i: int) -> None:
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"corpus.sources[{i}] (text): {path} is not UTF-8 text ({e}); "
+                          f"convert it to UTF-8") from e
+    if not text.strip():
+        raise CorpusError(f"corpus.sources[{i}] (text): {path} holds no text (only "
+                          f"whitespace): give a file with text, or remove the source")
+
+
+def _check_jsonl_head(src: dict, i: int) -> None:
+    n = 0
+    try:
+        for n, (where, record) in enumerate(_jsonl_records(src["path"]), 1):
+            _text_of(record, src, None, where)
+            if n == _HEAD_RECORDS:
+                break
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"corpus.sources[{i}] (jsonl): {src['path']} is not UTF-8 text "
+                          f"({e}); convert it to UTF-8") from e
+    if n == 0:
+        raise CorpusError(f"corpus.sources[{i}] (jsonl): {src['path']} has no records "
+                          f"(only blank lines)")
 
 
 def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:

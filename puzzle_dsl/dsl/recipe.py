@@ -348,14 +348,23 @@ class BLD(BldCommon):
 
 class Task(_Checks):
     """An evaluation task: a local file in its public format (`path`) or an lm-eval name.
-    Also its own params.yaml entry (the path resolved against the pipeline root)."""
+    Also its own params.yaml entry (the path resolved against the pipeline root).
+
+    `format` names the file's layout (arc, boolq, copa, hellaswag, lambada, openbookqa, piqa,
+    winogrande) when `name` is not a known task name.
+    Example: Task("my_arc", path="data/arc_subset.jsonl", format="arc")
+    """
 
     name: str
     path: str | None = None
+    format: str | None = None
 
     def _check(self) -> None:
         self._str("name")
         self._str("path", optional=True)
+        self._str("format", optional=True)
+        if self.format and not self.path:
+            self.fail("format applies to a local file: give path=... too, or drop format")
         if self.path and not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
             self.fail("a local task's name becomes an lm-eval task name: use letters, digits "
                       "and _ only")
@@ -640,22 +649,33 @@ class Recipe(_Checks):
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Run a recipe file and return its `recipe` variable."""
+    """Run a recipe file and return its `recipe` variable (the one Recipe it binds)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"no recipe file {path}: give the path of a .py file that defines "
                           f"`recipe = Recipe(...)`")
+    shown = show_path(str(path))
     try:
         namespace = runpy.run_path(str(path), run_name="__recipe__")
     except RecipeError:
         raise
+    except SyntaxError as exc:  # raised while compiling: no frame of the recipe to point at
+        where = f"{shown}:{exc.lineno or 0}" + (f":{exc.offset}" if exc.offset else "")
+        text = f": {exc.text.strip()}" if exc.text and exc.text.strip() else ""
+        raise RecipeError(f"{where}: SyntaxError: {exc.msg}{text}") from None
     except Exception as exc:  # a Python error in the recipe: point at its line
         target = os.path.abspath(path)
         line = next((fr.lineno for fr in reversed(traceback.extract_tb(exc.__traceback__))
                      if os.path.abspath(fr.filename) == target), 0)
-        raise RecipeError(f"{show_path(str(path))}:{line}: {type(exc).__name__}: {exc}") from exc
+        raise RecipeError(f"{shown}:{line}: {type(exc).__name__}: {exc}") from exc
     recipe = namespace.get("recipe")
     if not isinstance(recipe, Recipe):
-        raise RecipeError(f"{show_path(str(path))}: defines no `recipe = Recipe(...)` "
+        raise RecipeError(f"{shown}: defines no `recipe = Recipe(...)` "
                           f"(found {type(recipe).__name__})")
+    others = sorted(k for k, v in namespace.items()
+                    if isinstance(v, Recipe) and v is not recipe and not k.startswith("_"))
+    if others:
+        raise RecipeError(f"{shown}: binds {len(others) + 1} Recipe objects (recipe, "
+                          f"{', '.join(others)}); a recipe file compiles one: keep `recipe`, "
+                          f"delete the others or prefix helper names with _")
     return recipe

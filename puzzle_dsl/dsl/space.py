@@ -30,6 +30,7 @@ class ParentShape:
     num_key_value_heads: int
     intermediate_size: int
     vocab_size: int
+    max_position_embeddings: int | None = None  # None: not known (the longest sequence)
 
     @property
     def parent_heads_in_group(self) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from puzzle_dsl.dsl.parent_shape import default_gguf
+from puzzle_dsl.dsl.parent_shape import default_gguf, gguf_metadata, shape_of
 from puzzle_dsl.pipeline.atomic import atomic_dir
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -30,27 +30,9 @@ def check_llama_config(config, where: str) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{where}: unsupported architecture {model_type!r}; only Llama-family "
                          f"parents (model_type {SUPPORTED_MODEL_TYPES}) can be imported")
-    heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
-    if heads % kv:
-        raise ValueError(f"{where}: num_key_value_heads={kv} does not divide "
-                         f"num_attention_heads={heads}, so GQA variants cannot be built")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    if head_dim * heads != config.hidden_size:
-        raise ValueError(f"{where}: num_attention_heads * head_dim = {heads * head_dim} != "
-                         f"hidden_size={config.hidden_size}; linear attention variants need them equal")
+    shape_of(config.to_dict(), where)  # head-count rules, shared with the compiler
     if getattr(config, "hidden_act", "silu") != "silu":
         raise ValueError(f"{where}: hidden_act={config.hidden_act!r}; Llama SwiGLU needs 'silu'")
-
-
-def _gguf_string(path: Path, key: str) -> str | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(path).fields.get(key)
-    return None if field is None else bytes(field.parts[field.data[0]]).decode()
-
-
-def _gguf_architecture(path: Path) -> str:
-    return _gguf_string(path, "general.architecture")
 
 
 def restore_pre_tokenizer(tokenizer, gguf_pre: str | None) -> None:
@@ -73,7 +55,7 @@ def _load_gguf(path: Path, dtype: torch.dtype):
 
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
-    arch = _gguf_architecture(path)
+    arch = gguf_metadata(path).get("general.architecture")  # also fails a truncated file
     if arch not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{path}: unsupported GGUF architecture {arch!r}; only Llama-family "
                          "parents can be imported")
@@ -85,7 +67,7 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    restore_pre_tokenizer(tokenizer, _gguf_string(path, "tokenizer.ggml.pre"))
+    restore_pre_tokenizer(tokenizer, gguf_metadata(path).get("tokenizer.ggml.pre"))
     return model, tokenizer
 
 

@@ -17,8 +17,11 @@ def write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:  # a full disk leaves the previous file and no temporary
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, data: dict) -> None:

@@ -21,6 +21,8 @@ import yaml
 
 from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.dsl.schema import ParamsError
+from puzzle_dsl.pipeline import failure
+from puzzle_dsl.tracking.lineage import stage_outputs
 
 
 class StageError(RuntimeError):
@@ -97,13 +99,20 @@ def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> Non
     """Run the stage program, then log it to MLflow (unless PUZZLE_TRACKING=0; under torchrun
     only rank 0 logs).
 
-    Tracking reads only the files the stage wrote and never fails the stage.
+    Tracking reads only the files the stage wrote and never fails the stage. When the program
+    fails, the outputs it created are removed and the exception propagates.
     """
     root = Path(root)
     entry, params = load_stage(root, name, item)
     settings = typed_params(stage_id(name, item), params)  # before any import of the program
     program = load_program(root, name)
-    program.main(settings, item)
+    outputs = stage_outputs(entry)
+    existed = {p for p in outputs if (root / p).exists()}
+    try:
+        program.main(settings, item)
+    except BaseException:  # a failed stage leaves no partial output (resume state lies outside)
+        failure.remove_new(root, outputs, existed)
+        raise
     if os.environ.get("PUZZLE_TRACKING", "1") != "0" and os.environ.get("RANK", "0") == "0":
         from puzzle_dsl.tracking import runs as tracking
         tracking.log_stage(root, stage_id(name, item), entry, params)

@@ -265,7 +265,7 @@ def task_format(task: dict) -> str:
     if fmt not in FORMATS:
         raise TaskFileError(
             f"task {task['name']!r} ({task['path']}): unknown format {fmt!r}; name it one of "
-            f"{sorted(TASK_FORMATS)} or set `format:` to one of {sorted(FORMATS)}"
+            f"{sorted(TASK_FORMATS)} or give Task(..., format=F) with F one of {sorted(FORMATS)}"
         )
     return fmt
 

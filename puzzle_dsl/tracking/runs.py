@@ -16,7 +16,6 @@ import csv
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -120,23 +119,39 @@ def log_stage(root: str | Path, sid: str, entry: dict, params: dict) -> str | No
 
 
 def record_missed(root: Path, snap: dict) -> None:
+    """Append the stage to the missed-runs file (one write: parallel stages never interleave)."""
     path = root / MISSED_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(snap, default=str) + "\n")
+    _append(path, [snap])
+
+
+def _append(path: Path, snaps: list[dict]) -> None:
+    data = "".join(json.dumps(s, default=str) + "\n" for s in snaps).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def replay_missed(root: str | Path) -> tuple[int, int, list[str]]:
     """Log the stages recorded while the store was unreachable: (logged, skipped, still missed).
 
+    The file is first renamed to a claim of this replay, so stages that miss the store while it
+    runs append to a fresh file and are kept; a claim left by an interrupted replay is taken up
+    by the next one (a record logged twice is found by its stage key and not logged again).
     A record whose outputs changed since is skipped (a later execution was logged instead or
-    will be); records that fail again stay in the file.
+    will be); records that fail again go back to the file.
     """
     root = Path(root).resolve()
     path = root / MISSED_FILE
-    if not path.exists():
+    if path.exists():
+        os.replace(path, path.with_name(f"{path.name}.replay-{os.getpid()}"))
+    claims = sorted(path.parent.glob(f"{path.name}.replay-*")) if path.parent.is_dir() else []
+    if not claims:
         return 0, 0, []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for claim in claims
+               for line in claim.read_text().splitlines() if line.strip()]
     cache, logged, skipped, failed, errors = HashCache(root), 0, 0, [], []
     for snap in records:
         now = lineage.hashes(root, list(snap["outs"]), cache)
@@ -149,9 +164,9 @@ def replay_missed(root: str | Path) -> tuple[int, int, list[str]]:
             failed.append(snap)
             errors.append(f"{snap['stage']}: {type(exc).__name__}: {exc}")
     cache.save()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(s, default=str) + "\n" for s in failed))
-    tmp.replace(path)
+    _append(path, failed)
+    for claim in claims:
+        claim.unlink()
     return logged, skipped, errors
 
 
@@ -175,18 +190,52 @@ def connect(root: Path):
     return client, client.create_experiment(name, artifact_location=location)
 
 
-def probe(uri: str) -> None:
-    """Raise OSError at once when an HTTP tracking server does not accept connections.
+PROBE_TIMEOUT_S = 3.0  # an HTTP store must answer this fast
+LOCK_WAIT_S = 5.0  # the longest wait for SQLite's write lock (another stage holds it for ms)
 
-    Cheaper than importing MLflow (seconds) only to find the port closed.
+
+def probe(uri: str) -> None:
+    """Raise OSError within seconds when the store cannot be used: a closed port, a server that
+    never answers, a SQLite file another process keeps locked.
+
+    Cheaper than importing MLflow (seconds) only to wait on its retries and timeouts.
     """
-    if not uri.startswith(("http://", "https://")):
-        return
+    if uri.startswith("sqlite:///"):
+        _probe_sqlite(Path(uri.removeprefix("sqlite:///").split("?")[0]))
+    elif uri.startswith(("http://", "https://")):
+        _probe_http(uri)
+
+
+def _probe_http(uri: str) -> None:
+    import http.client
+
     url = urlsplit(uri)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    timeout = float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"])
-    with socket.create_connection((url.hostname, port), timeout=timeout):
-        pass
+    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = cls(url.hostname, url.port, timeout=PROBE_TIMEOUT_S)
+    try:  # any HTTP answer will do: it shows a server that responds
+        conn.request("GET", f"{url.path.rstrip('/')}/health")
+        conn.getresponse().read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise OSError(f"tracking server {uri} did not answer within {PROBE_TIMEOUT_S} s "
+                      f"({type(exc).__name__}: {exc})") from exc
+    finally:
+        conn.close()
+
+
+def _probe_sqlite(path: Path) -> None:
+    import sqlite3
+
+    if not path.exists():
+        return  # MLflow creates it
+    con = sqlite3.connect(path, timeout=LOCK_WAIT_S, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")  # the write lock every run needs
+        con.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        raise OSError(f"tracking database {path} stayed locked for {LOCK_WAIT_S} s ({exc}); "
+                      f"another process holds it") from exc
+    finally:
+        con.close()
 
 
 def _q(value: str) -> str:
