@@ -7,8 +7,10 @@ keys, relative paths, names in [A-Za-z0-9_-], so recompiling an unchanged recipe
 byte-identical files and DVC reruns only what a change touches.
 
 Paths from the recipe (corpus files, task files, dir: parents) are written relative to the
-pipeline root when they lie inside the root's parent folder (so `../shared/data` stays
+pipeline root when they lie inside the checkout's parent folder (so `../shared/data` stays
 portable), otherwise absolute. Stage programs run in the root and resolve them from there.
+A pipeline may live in a subfolder of the checkout (`pipelines/dev/`): its code deps then
+read `../../stages/...` and `run-stage` finds the stage programs in the checkout above it.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class Pipeline:
     params: dict
     stages: list[Stage]
     code_root: Path
+    root: Path = Path(".")
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -117,7 +120,7 @@ def _path(node: Node, path: str, root: Path, must_exist: bool = True) -> str:
         _fail(node, f"{p} does not exist: fix the path (relative paths are relative to the "
                     f"recipe file)")
     root = root.resolve()
-    if p.is_relative_to(root.parent):
+    if p.is_relative_to(checkout(root).parent):
         return os.path.relpath(p, root)
     return str(p)
 
@@ -657,12 +660,17 @@ def code_deps(program: str, code_root: Path) -> list[str]:
     return sorted(found)
 
 
+def checkout(root: Path) -> Path:
+    """The nearest folder at or above the pipeline root that holds `stages/`, else the root."""
+    root = Path(root).resolve()
+    return next((d for d in (root, *root.parents) if (d / "stages").is_dir()), root)
+
+
 def default_code_root(out_dir: Path) -> Path:
-    """Where the stage programs are read for code deps: the pipeline root when it has stages/,
-    else this checkout."""
-    if (out_dir / "stages").is_dir():
-        return out_dir
-    return Path(__file__).resolve().parents[2]
+    """Where the stage programs are read for code deps: the checkout holding the pipeline root
+    (`checkout`), else this package's checkout."""
+    home = checkout(out_dir)
+    return home if (home / "stages").is_dir() else Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------- build / write
@@ -678,7 +686,7 @@ def build_pipeline(recipe: Recipe, root: str | Path = ".", shape: ParentShape | 
     external = {p for paths in _external_deps(params).values() for p in paths}
     ordered = check_graph(stages, external)
     code_root = Path(code_root) if code_root else default_code_root(root)
-    return Pipeline(recipe, shape, params, ordered, code_root)
+    return Pipeline(recipe, shape, params, ordered, code_root, root)
 
 
 def _dvc_entry(stage: Stage, code: list[str]) -> dict:
@@ -709,8 +717,11 @@ def plot_definitions(pipeline: Pipeline) -> list:
 
 def render(pipeline: Pipeline) -> dict[str, str]:
     """{"dvc.yaml": text, "params.yaml": text} for a pipeline."""
-    code = {p: code_deps(p, pipeline.code_root) for p in sorted({s.program
-                                                                 for s in pipeline.stages})}
+    code_root, root = pipeline.code_root.resolve(), pipeline.root.resolve()
+    # a pipeline in a subfolder of the checkout reads the code above it
+    up = Path(os.path.relpath(code_root, root)) if root.is_relative_to(code_root) else Path()
+    code = {p: [(up / f).as_posix() for f in code_deps(p, pipeline.code_root)]
+            for p in sorted({s.program for s in pipeline.stages})}
     stages = {s.name: _dvc_entry(s, code[s.program]) for s in pipeline.stages}
     header = HEADER.format(name=pipeline.params["recipe"]["name"])
     dvc = header + yaml.safe_dump({"stages": stages, "plots": plot_definitions(pipeline)},

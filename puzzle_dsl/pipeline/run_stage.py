@@ -68,9 +68,13 @@ def load_stage(root: Path, name: str, item: str | None) -> tuple[dict, dict]:
 
 
 def load_program(root: Path, name: str):
-    path = root / "stages" / f"{name}.py"
-    if not path.exists():
-        raise StageError(f"no stage program {path}")
+    """stages/NAME.py in the pipeline root or the nearest folder above it that has one."""
+    here = Path(root).resolve()
+    path = next((p for d in (here, *here.parents) if (p := d / "stages" / f"{name}.py").exists()),
+                None)
+    if path is None:
+        raise StageError(f"no stage program stages/{name}.py in {here} or above it: run the "
+                         f"stage from the checkout (or a pipeline folder inside it)")
     spec = importlib.util.spec_from_file_location(f"puzzle_stage_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
