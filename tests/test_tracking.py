@@ -391,7 +391,7 @@ def local_store(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('local_store')}/mlflow.db"
 
 
-def test_export_run_summarises_the_child_and_registers_its_directory(
+def test_export_run_summarises_the_child_and_registers_it_as_a_model(
     tmp_path, monkeypatch, local_store
 ):
     from mlflow.tracking import MlflowClient
@@ -407,8 +407,13 @@ def test_export_run_summarises_the_child_and_registers_its_directory(
     assert run.data.metrics["predicted.speedup"] == pytest.approx(1.8)
     assert run.data.metrics["kl"] == pytest.approx(0.2)
     assert run.data.metrics["measured_speedup.generation_tokens_per_s"] == pytest.approx(3.0)
-    versions = MlflowClient(uri).search_model_versions("name = 'toy-sol0'")
-    assert [v.run_id for v in versions] == [run_id]
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("toy", "sol0")
+    assert version.run_id == run_id and version.tags["puzzle.child"] == "sol0"
+    assert client.get_model_version_by_alias("toy", "best").version == version.version
+    model = client.get_logged_model(run.data.tags["puzzle.model_id"])
+    assert model.source_run_id == run_id
+    assert {m.key: m.value for m in model.metrics}["kl"] == pytest.approx(0.2)
 
 
 def _log_parent_eval(root: Path) -> str | None:

@@ -421,30 +421,19 @@ def find_solution(path: Path, name: str) -> dict | None:
 
 
 def register_export(client, root: Path, run_id: str, snap: dict, solution: str) -> None:
-    """Log the export directory as the run's `model` artifacts and register a version of it.
-
-    Registered as `{export.register_name}-{solution}`. Not `mlflow.transformers.log_model`:
-    from a local checkpoint path it fails in MLflow 3.17 with transformers 5 (the pipeline
-    registry's `impl` is now a string), and a pipeline object needs the model loaded in memory.
-    """
-    from mlflow.exceptions import MlflowException
+    """Log the export directory as an MLflow model registered under `export.register_name`
+    (`tracking.models`), with the child's evaluation metrics linked to it."""
+    from puzzle_dsl.pipeline import layout
+    from puzzle_dsl.tracking import models
 
     export_dirs = [p for p in snap["outs"] if p.startswith("exports/") and (root / p).is_dir()]
-    base = (snap["params"].get("export") or {}).get("register_name")
+    name = (snap["params"].get("export") or {}).get("register_name")
     for path in export_dirs:
-        client.log_artifacts(run_id, str(root / path), "model")
-        if not base:
-            continue
-        name = f"{base}-{solution}"
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name, tags={"puzzle.child": solution})
-        source = f"{client.get_run(run_id).info.artifact_uri}/model"
-        version = client.create_model_version(
-            name, source, run_id=run_id, tags={"puzzle.child": solution, "puzzle.export": path}
-        )
-        client.set_tag(run_id, "puzzle.registered_model", f"{name}/{version.version}")
+        if name:
+            models.log_child(client, tracking_uri(root), run_id, root / path, name, solution,
+                             read_metrics(root / layout.eval_metrics(solution)))
+        else:
+            client.log_artifacts(run_id, str(root / path), "model")
 
 
 # ---------------------------------------------------------------- batching
