@@ -25,6 +25,7 @@ from puzzle_dsl.tracking import runs as tracking
 BIN = Path(sys.executable).parent
 # the lead wires `run-stage` into puzzle_dsl.cli; until then the module entry point is the same code
 HAS_CLI = importlib.util.find_spec("puzzle_dsl.cli") is not None
+REPO = Path(__file__).resolve().parents[1]
 CMD = "puzzle-dsl run-stage" if HAS_CLI else "python -m puzzle_dsl.pipeline.run_stage"
 
 PROGRAMS = {
@@ -446,3 +447,55 @@ def test_runs_command_compares_children_with_the_parent(tmp_path, monkeypatch, l
     table = result.output.split("children side by side")[1].splitlines()
     assert table[1].split()[:3] == ["child", "generation_tokens_per_s", "kl"]
     assert {row.split()[0] for row in table[2:]} == {"sol0", "parent"}
+
+
+def _eval(kl: float, acc: float, tokens_per_s: float) -> dict:
+    return {"params": 100_000_000, "kv_bytes_per_token": 4608, "kl": kl, "perplexity": 12.5 + kl,
+            "tasks": {"arc_easy": {"acc": acc, "acc_norm": acc - 0.01}, "lambada": {"acc": acc}},
+            "benchmark": {"generation_tokens_per_s": tokens_per_s}}
+
+
+def _report_pipeline(root: Path) -> dict:
+    """Evaluate metrics of a parent, a Puzzle child and a baseline, then the real report stage."""
+    from puzzle_dsl.pipeline import layout
+
+    child = {"speedup": 2.1, "benchmark": {"child": {"generation_tokens_per_s": 210.0}},
+             "assembled": {"kl": 0.9, "perplexity": 20.0}}
+    files = {layout.PARENT_EVAL_METRICS: _eval(0.0, 0.5, 100.0),
+             layout.eval_metrics("sol0"): child | {"gkd": _eval(0.2, 0.45, 0)},
+             layout.eval_metrics("uniform"): child | {"gkd": _eval(0.4, 0.4, 0)},
+             layout.SEARCH_METRICS: {"sol0": {"speedup": 2.05},
+                                     "uniform": {"speedup": 2.0, "baseline": "uniform_width"}}}
+    for path, content in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(json.dumps(content))
+    params = {"report": {"children": ["sol0", "uniform"]}}
+    entry = {"cmd": f"{CMD} report", "params": ["report"], "deps": list(files),
+             "outs": [layout.RESULTS_TABLE],
+             "metrics": [layout.results_metrics(m) for m in ("parent", "sol0", "uniform")]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"report": entry}}))
+    (root / "params.yaml").write_text(yaml.safe_dump(params | {"recipe": {"name": "rep"}}))
+    spec = importlib.util.spec_from_file_location("stage_report", REPO / "stages" / "report.py")
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        program.main(params, None)
+    finally:
+        os.chdir(cwd)
+    tracking.log_stage(root, "report", entry, params)
+    return entry
+
+
+def test_runs_command_prints_the_results_table_of_results_md(tmp_path, monkeypatch,
+                                                              local_store):
+    from puzzle_dsl.pipeline import layout
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", local_store)
+    _report_pipeline(tmp_path)
+    result = CliRunner().invoke(tracking_cli.runs, ["--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / layout.RESULTS_TABLE).read_text()
+    assert "| uniform | uniform_width | 2.10 |" in table and "lambada" in table
+    assert result.output.endswith(table)

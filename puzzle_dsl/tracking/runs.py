@@ -38,6 +38,7 @@ HTTP_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 MAX_VALUE = 6000  # MLflow's param value limit
+RESULTS_TAG = "puzzle.results"  # report runs: `.models` (row order), `.MODEL.kind`
 
 
 def tracking_uri(root: Path) -> str:
@@ -269,9 +270,10 @@ def _log_contents(client, exp_id: str, root: Path, run_id: str, snap: dict) -> N
         f"puzzle.producer.{dep}": ",".join(ids)
         for dep, ids in producer_runs(client, exp_id, root, sid, snap).items()
     }
-    metrics = {}
-    for path in lineage.entry_paths(entry.get("metrics")):
-        metrics |= read_metrics(root / path)
+    metrics, files = {}, lineage.entry_paths(entry.get("metrics"))
+    for path in files:  # several files (the report's one per model): keys prefixed by file stem
+        prefix = f"{Path(path).stem}." if len(files) > 1 else ""
+        metrics |= {prefix + k: v for k, v in read_metrics(root / path).items()}
     extra_metrics, extra_params, extra_tags = child_summary(root, sid, snap)
     log_batch(
         client,
@@ -381,6 +383,8 @@ def _number(value: Any) -> float | None:
 def child_summary(root: Path, sid: str, snap: dict) -> tuple[dict, dict, dict]:
     """(metrics, params, tags) that make a child (export-solK) or the parent eval comparable."""
     name, _, item = sid.partition("-")
+    if name == "report":
+        return {}, {}, report_tags(root, snap)
     if name == "evaluate" and item == "parent":
         return {}, {}, {"puzzle.child": "parent", "puzzle.architecture": "parent"}
     if name == "evaluate" and item:
@@ -409,6 +413,19 @@ def child_summary(root: Path, sid: str, snap: dict) -> tuple[dict, dict, dict]:
             f"{sub}: {params[f'child.{sub}']}" for sub in ("attention", "ffn")
         )[:5000]
     return metrics, params, tags
+
+
+def report_tags(root: Path, snap: dict) -> dict[str, str]:
+    """The results table's row order and each row's kind, which metrics cannot hold."""
+    from puzzle_dsl.pipeline import layout
+
+    models = ["parent", *(snap["params"].get("report") or {}).get("children", [])]
+    tags = {f"{RESULTS_TAG}.models": ",".join(models)}
+    for model in models:
+        file = root / layout.results_metrics(model)
+        if file.is_file():
+            tags[f"{RESULTS_TAG}.{model}.kind"] = str(json.loads(file.read_text()).get("kind"))
+    return tags
 
 
 def find_solution(path: Path, name: str) -> dict | None:
@@ -487,3 +504,19 @@ def latest_recipe_children(root: str | Path) -> tuple[Any, list]:
         max_results=5000,
     )
     return parent, children
+
+
+def latest_results(root: str | Path, recipe: str) -> tuple[Any, dict[str, dict]]:
+    """(the newest report run of `recipe`, its results rows as `report.table` builds them), or
+    (None, {}) before any report stage was logged."""
+    from puzzle_dsl.report.table import rows_from_metrics
+
+    client, exp_id = connect(Path(root).resolve())
+    found = find_runs(client, exp_id, {"puzzle.stage": "report", "puzzle.recipe": recipe})
+    if not found:
+        return None, {}
+    run = found[0]
+    tags = run.data.tags
+    models = [m for m in tags.get(f"{RESULTS_TAG}.models", "").split(",") if m]
+    kinds = {m: tags.get(f"{RESULTS_TAG}.{m}.kind", "?") for m in models}
+    return run, rows_from_metrics(run.data.metrics, kinds)
