@@ -39,3 +39,18 @@ def test_bar_counts_tokens_and_shows_tokens_per_second():
     bar.update(2_000)
     assert "tok/s" in str(bar) and "2.00k/10.0k" in str(bar)
     bar.close()
+
+
+def test_each_finished_stage_prints_one_line_with_its_time(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from puzzle_dsl.pipeline.run_stage import run_stage
+
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "noop.py").write_text("def main(params, item):\n    pass\n")
+    stage = {"cmd": "puzzle-dsl run-stage noop one"}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"noop-one": stage}}))
+    monkeypatch.setenv("PUZZLE_TRACKING", "0")
+    run_stage("noop", "one", tmp_path)
+    assert re.fullmatch(r"puzzle-dsl: stage noop-one finished in \d+\.\d s\n",
+                        capsys.readouterr().err)

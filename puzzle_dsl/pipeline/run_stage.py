@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def load_program(root: Path, name: str):
 
 
 def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> None:
-    """Run the stage program, then log it to MLflow (unless PUZZLE_TRACKING=0; under torchrun
+    """Run the stage program (one line with its time when it ends), then log it to MLflow (unless PUZZLE_TRACKING=0; under torchrun
     only rank 0 logs).
 
     Tracking reads only the files the stage wrote and never fails the stage.
@@ -91,7 +92,10 @@ def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> Non
     root = Path(root)
     entry, params = load_stage(root, name, item)
     program = load_program(root, name)
+    start = time.perf_counter()
     program.main(params, item)
+    print(f"puzzle-dsl: stage {stage_id(name, item)} finished in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     if os.environ.get("PUZZLE_TRACKING", "1") != "0" and os.environ.get("RANK", "0") == "0":
         from puzzle_dsl.tracking import runs as tracking
         tracking.log_stage(root, stage_id(name, item), entry, params)
