@@ -9,6 +9,7 @@ since the start (`smoothing=0`) is right once the first bursts are in. Off a ter
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -19,3 +20,11 @@ def token_bar(total: int, desc: str, initial: int = 0, disable: bool = False) ->
     return tqdm(total=total, initial=initial, desc=desc, unit="tok", unit_scale=True,
                 smoothing=0, mininterval=0.5 if tty else 30, file=sys.stderr, disable=disable,
                 dynamic_ncols=tty)
+
+
+def counted(batches: Iterable, total: int, desc: str) -> Iterator:
+    """`batches` (token tensors) passed through, with a `token_bar` over their tokens."""
+    with token_bar(total, desc) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(min(int(batch.numel()), max(total - bar.n, 0)))
