@@ -15,11 +15,6 @@ from pathlib import Path
 PYFUNC = Path(__file__).with_name("child_pyfunc.py")  # logged as code, not imported here
 MAX_NEW_TOKENS = 32
 BEST = "best"
-KL_KEYS = ("gkd.kl", "kl")  # the child's KL after GKD, in its eval metrics (flattened)
-
-
-def _kl(metrics: dict) -> float | None:
-    return next((metrics[k] for k in KL_KEYS if k in metrics), None)
 
 
 def log_child(client, uri: str, run_id: str, export_dir: Path, name: str, child: str,
@@ -56,7 +51,7 @@ def move_best(client, name: str) -> str | None:
     """Point alias `best` at the version with the lowest KL; its version number, or None."""
     scored = []
     for v in client.search_model_versions(f"name = '{name}'"):
-        kl = _kl(client.get_run(v.run_id).data.metrics) if v.run_id else None
+        kl = client.get_run(v.run_id).data.metrics.get("kl") if v.run_id else None
         if kl is not None:
             scored.append((kl, int(v.version)))
     if not scored:

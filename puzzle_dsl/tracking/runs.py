@@ -38,6 +38,7 @@ HTTP_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 MAX_VALUE = 6000  # MLflow's param value limit
+GKD_PREFIX = "gkd."  # a child's eval metrics after GKD (before it: `assembled.`)
 RESULTS_TAG = "puzzle.results"  # report runs: `.models` (row order), `.MODEL.kind`
 
 
@@ -386,13 +387,13 @@ def child_summary(root: Path, sid: str, snap: dict) -> tuple[dict, dict, dict]:
     if name == "report":
         return {}, {}, report_tags(root, snap)
     if name == "evaluate" and item == "parent":
-        return {}, {}, {"puzzle.child": "parent", "puzzle.architecture": "parent"}
+        return {"speedup": 1.0}, {}, {"puzzle.child": "parent", "puzzle.architecture": "parent"}
     if name == "evaluate" and item:
         return {}, {}, {"puzzle.solution": item}
     if name != "export" or not item:
         return {}, {}, {}
     from puzzle_dsl.pipeline import layout
-    metrics = read_metrics(root / layout.eval_metrics(item))
+    metrics = child_eval_metrics(root, item)
     parent = read_metrics(root / layout.PARENT_EVAL_METRICS)
     for key, value in list(metrics.items()):  # measured speedup from any throughput both report
         if key.endswith("tokens_per_s") and parent.get(key):
@@ -413,6 +414,15 @@ def child_summary(root: Path, sid: str, snap: dict) -> tuple[dict, dict, dict]:
             f"{sub}: {params[f'child.{sub}']}" for sub in ("attention", "ffn")
         )[:5000]
     return metrics, params, tags
+
+
+def child_eval_metrics(root: Path, child: str) -> dict[str, float]:
+    """A child's eval metrics, after GKD under the parent's own keys (kl, perplexity,
+    tasks.T.acc, ...) so that the MLflow UI compares parent, children and baselines row by row."""
+    from puzzle_dsl.pipeline import layout
+
+    return {k.removeprefix(GKD_PREFIX): v
+            for k, v in read_metrics(root / layout.eval_metrics(child)).items()}
 
 
 def report_tags(root: Path, snap: dict) -> dict[str, str]:
@@ -440,7 +450,6 @@ def find_solution(path: Path, name: str) -> dict | None:
 def register_export(client, root: Path, run_id: str, snap: dict, solution: str) -> None:
     """Log the export directory as an MLflow model registered under `export.register_name`
     (`tracking.models`), with the child's evaluation metrics linked to it."""
-    from puzzle_dsl.pipeline import layout
     from puzzle_dsl.tracking import models
 
     export_dirs = [p for p in snap["outs"] if p.startswith("exports/") and (root / p).is_dir()]
@@ -448,7 +457,7 @@ def register_export(client, root: Path, run_id: str, snap: dict, solution: str) 
     for path in export_dirs:
         if name:
             models.log_child(client, tracking_uri(root), run_id, root / path, name, solution,
-                             read_metrics(root / layout.eval_metrics(solution)))
+                             child_eval_metrics(root, solution))
         else:
             client.log_artifacts(run_id, str(root / path), "model")
 
