@@ -168,7 +168,7 @@ def connect(root: Path):
     probe(uri)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)  # not a registry set earlier in this process
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
