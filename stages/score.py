@@ -33,6 +33,7 @@ def compute_scores(common: Scoring, subblock: str, spec: dict, name: str
     from puzzle_dsl.dsl.space import is_parent_variant, needs_training
     from puzzle_dsl.model.checkpoint import load_parent
     from puzzle_dsl.model.library import load_block, parent_shape_of, read_library
+    from puzzle_dsl.pipeline.progress import counted
     from puzzle_dsl.score.replace_one_block import (
         METRICS,
         parent_lm_eval,
@@ -52,7 +53,8 @@ def compute_scores(common: Scoring, subblock: str, spec: dict, name: str
     shape = parent_shape_of(model.config)
 
     def batches():
-        return score_batches(f"{layout.CORPUS_DIR}/score.npy", common.tokens, common.batch_size)
+        return counted(score_batches(f"{layout.CORPUS_DIR}/score.npy", common.tokens,
+                                     common.batch_size), common.tokens, f"score {name}")
 
     if is_parent_variant(subblock, spec, shape):  # the unpatched parent, once
         if metric == "lm_eval":

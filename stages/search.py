@@ -269,7 +269,8 @@ def write_outputs(scenario: dict, solutions: list[dict], points: list[dict], spa
     (tmp / "solutions.json").write_text(json.dumps(
         {"scenario": scenario, "solutions": solutions}, indent=2) + "\n")
     batch = solutions[0]["predicted"]["batch_size"]
-    plots.pareto_plot(points, [{"name": s["name"], **s["predicted"]} for s in solutions],
+    plots.pareto_plot(points, [{"name": s["name"], "baseline": s.get("baseline"), **s["predicted"]}
+                                 for s in solutions],
                       tmp / "pareto.png", scenario["objective"], rt.parent_tps.get(batch))
     for s in solutions:
         p = s["predicted"]

@@ -227,3 +227,20 @@ def test_card_lock_hashes_cover_exactly_the_stages_the_child_depends_on(tmp_path
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     hashes = lock_hashes(tmp_path / "dvc.lock", "sol0", tmp_path / "dvc.yaml")
     assert set(hashes) == {"parent", "gkd-sol0"}  # not a sibling child, not a later report
+
+
+def test_exported_child_loads_from_the_mlflow_registry_and_generates(pipeline, tmp_path,
+                                                                      monkeypatch):
+    import mlflow
+
+    from puzzle_dsl.tracking import runs as tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    entry = {"cmd": "puzzle-dsl run-stage export sol0", "params": ["export", "recipe"],
+             "deps": [layout.eval_metrics("sol0")], "outs": [layout.export_dir("tiny", "sol0")]}
+    assert tracking.log_stage(pipeline, "export-sol0", entry, PARAMS) is not None
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/puzzle-tiny@best")
+    out = model.predict(["The plants need"], params={"max_new_tokens": 3})
+    assert len(out) == 1 and isinstance(out[0], str)

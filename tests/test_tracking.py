@@ -18,6 +18,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline.run_stage import run_stage
 from puzzle_dsl.tracking import cli as tracking_cli
 from puzzle_dsl.tracking import runs as tracking
@@ -25,6 +26,7 @@ from puzzle_dsl.tracking import runs as tracking
 BIN = Path(sys.executable).parent
 # the lead wires `run-stage` into puzzle_dsl.cli; until then the module entry point is the same code
 HAS_CLI = importlib.util.find_spec("puzzle_dsl.cli") is not None
+REPO = Path(__file__).resolve().parents[1]
 CMD = "puzzle-dsl run-stage" if HAS_CLI else "python -m puzzle_dsl.pipeline.run_stage"
 
 PROGRAMS = {
@@ -393,7 +395,7 @@ def local_store(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('local_store')}/mlflow.db"
 
 
-def test_export_run_summarises_the_child_and_registers_its_directory(
+def test_export_run_summarises_the_child_and_registers_it_as_a_model(
     tmp_path, monkeypatch, local_store
 ):
     from mlflow.tracking import MlflowClient
@@ -411,8 +413,13 @@ def test_export_run_summarises_the_child_and_registers_its_directory(
     assert run.data.metrics["measured_speedup.generation_tokens_per_s"] == pytest.approx(3.0)
     assert run.data.metrics["measured.speedup"] == pytest.approx(2.9)
     assert run.data.metrics["measured.speedup_spread"] == pytest.approx(0.1)
-    versions = MlflowClient(uri).search_model_versions("name = 'toy-sol0'")
-    assert [v.run_id for v in versions] == [run_id]
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("toy", "sol0")
+    assert version.run_id == run_id and version.tags["puzzle.child"] == "sol0"
+    assert client.get_model_version_by_alias("toy", "best").version == version.version
+    model = client.get_logged_model(run.data.tags["puzzle.model_id"])
+    assert model.source_run_id == run_id
+    assert {m.key: m.value for m in model.metrics}["kl"] == pytest.approx(0.2)
 
 
 def _log_parent_eval(root: Path) -> str | None:
@@ -445,3 +452,63 @@ def test_runs_command_compares_children_with_the_parent(tmp_path, monkeypatch, l
     table = result.output.split("children side by side")[1].splitlines()
     assert table[1].split()[:3] == ["child", "generation_tokens_per_s", "kl"]
     assert {row.split()[0] for row in table[2:]} == {"sol0", "parent"}
+
+
+def _eval(kl: float, acc: float, tokens_per_s: float) -> dict:
+    return {"params": 100_000_000, "kv_bytes_per_token": 4608, "kl": kl, "perplexity": 12.5 + kl,
+            "tasks": {"arc_easy": {"acc": acc, "acc_norm": acc - 0.01}, "lambada": {"acc": acc}},
+            "benchmark": {"generation_tokens_per_s": tokens_per_s}}
+
+
+def _report_pipeline(root: Path) -> dict:
+    """Evaluate metrics of a parent, a Puzzle child and a baseline, then the real report stage."""
+    from puzzle_dsl.pipeline import layout
+
+    child = {"speedup": 2.1, "benchmark": {"child": {"generation_tokens_per_s": 210.0}},
+             "assembled": {"kl": 0.9, "perplexity": 20.0}}
+    files = {layout.PARENT_EVAL_METRICS: _eval(0.0, 0.5, 100.0),
+             layout.eval_metrics("sol0"): child | {"gkd": _eval(0.2, 0.45, 0)},
+             layout.eval_metrics("uniform"): child | {"gkd": _eval(0.4, 0.4, 0)},
+             layout.SEARCH_METRICS: {"sol0": {"speedup": 2.05},
+                                     "uniform": {"speedup": 2.0, "baseline": "uniform_width"}},
+             layout.BENCHMARK_METRICS: {"models": {
+                 "parent": {"generation_tokens_per_s": 100.0, "tokens_per_s_spread": 1.0},
+                 "sol0": {"generation_tokens_per_s": 210.0, "tokens_per_s_spread": 2.0,
+                          "speedup": 2.1, "speedup_spread": 0.04},
+                 "uniform": {"generation_tokens_per_s": 200.0, "tokens_per_s_spread": 2.0,
+                             "speedup": 2.0, "speedup_spread": 0.04}},
+                 "conditions": {"under_load": False}}}
+    for path, content in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(json.dumps(content))
+    params = {"report": {"children": ["sol0", "uniform"]}}
+    entry = {"cmd": f"{CMD} report", "params": ["report"], "deps": list(files),
+             "outs": [layout.RESULTS_TABLE],
+             "metrics": [layout.results_metrics(m) for m in ("parent", "sol0", "uniform")]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"report": entry}}))
+    (root / "params.yaml").write_text(yaml.safe_dump(params | {"recipe": {"name": "rep"}}))
+    spec = importlib.util.spec_from_file_location("stage_report", REPO / "stages" / "report.py")
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        program.main(Params.read(params), None)
+    finally:
+        os.chdir(cwd)
+    tracking.log_stage(root, "report", entry, params)
+    return entry
+
+
+def test_runs_command_prints_the_results_table_of_results_md(tmp_path, monkeypatch,
+                                                              local_store):
+    from puzzle_dsl.pipeline import layout
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", local_store)
+    _report_pipeline(tmp_path)
+    result = CliRunner().invoke(tracking_cli.runs, ["--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / layout.RESULTS_TABLE).read_text()
+    assert "| uniform | uniform_width | 2.00 ± 0.04 |" in table and "lambada" in table
+    rows = "".join(line + "\n" for line in table.splitlines() if line.startswith("|"))
+    assert result.output.endswith(rows)  # the table itself (the speed footnote is the file's)

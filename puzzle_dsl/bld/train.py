@@ -260,7 +260,7 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     `checkpoint_every` steps (by rank 0; 0: never); a resumed run ends bit-identical to an
     uninterrupted one. Under torchrun, `batches(step)` and `eval_ids` are global batches.
     """
-    from tqdm.auto import tqdm
+    from puzzle_dsl.pipeline.progress import token_bar
 
     parent.eval().requires_grad_(False)
     seq_tokens = int(batches(0).numel())
@@ -286,7 +286,8 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
             sched.load_state_dict(state["scheduler"])
             start, history, seconds = state["step"], state["history"], state["seconds"]
 
-    bar = tqdm(total=steps, initial=start, desc="bld", unit="step", disable=not (progress and main))
+    bar = token_bar(steps * seq_tokens, "bld", initial=start * seq_tokens,
+                    disable=not (progress and main))
     t0 = time.perf_counter() - seconds
     for step in range(start, steps):
         lr = opt.param_groups[0]["lr"]
@@ -307,9 +308,8 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
         elapsed = time.perf_counter() - t0
         history.append({"step": step, "loss": mean, "lr": lr, "tokens": (step + 1) * seq_tokens,
                         "elapsed_s": elapsed})
-        bar.set_postfix(loss=f"{mean:.4f}", blocks=n_blocks, refresh=False,
-                        tok_s=f"{(step + 1 - start) * seq_tokens / max(elapsed - seconds, 1e-9):.0f}")
-        bar.update(1)
+        bar.set_postfix(loss=f"{mean:.4f}", blocks=n_blocks, refresh=False)
+        bar.update(seq_tokens)
         every = checkpoint_every
         due = every and (step + 1) % every == 0 and step + 1 < steps
         if main and checkpoint is not None and due:

@@ -7,8 +7,10 @@ keys, relative paths, names in [A-Za-z0-9_-], so recompiling an unchanged recipe
 byte-identical files and DVC reruns only what a change touches.
 
 Paths from the recipe (corpus files, task files, dir: parents) are written relative to the
-pipeline root when they lie inside the root's parent folder (so `../shared/data` stays
+pipeline root when they lie inside the checkout's parent folder (so `../shared/data` stays
 portable), otherwise absolute. Stage programs run in the root and resolve them from there.
+A pipeline may live in a subfolder of the checkout (`pipelines/dev/`): its code deps then
+read `../../stages/...` and `run-stage` finds the stage programs in the checkout above it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class Pipeline:
     stages: list[Stage]
     code_root: Path
     notices: list[str] = field(default_factory=list)  # true, not fatal: printed by the CLI
+    root: Path = Path(".")
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -123,7 +126,7 @@ def _path(node: Node, path: str, root: Path, must_exist: bool = True) -> str:
         _fail(node, f"{p} does not exist: fix the path (relative paths are relative to the "
                     f"recipe file)")
     root = root.resolve()
-    if p.is_relative_to(root.parent):
+    if p.is_relative_to(checkout(root).parent):
         return os.path.relpath(p, root)
     return str(p)
 
@@ -588,12 +591,17 @@ def check_graph(stages: list[Stage], external: set[str]) -> list[Stage]:
 
 
 # ---------------------------------------------------------------------------- code deps
+def checkout(root: Path) -> Path:
+    """The nearest folder at or above the pipeline root that holds `stages/`, else the root."""
+    root = Path(root).resolve()
+    return next((d for d in (root, *root.parents) if (d / "stages").is_dir()), root)
+
+
 def default_code_root(out_dir: Path) -> Path:
-    """Where the stage programs are read for code deps: the pipeline root when it has stages/,
-    else this checkout."""
-    if (out_dir / "stages").is_dir():
-        return out_dir
-    return Path(__file__).resolve().parents[2]
+    """Where the stage programs are read for code deps: the checkout holding the pipeline root
+    (`checkout`), else this package's checkout."""
+    home = checkout(out_dir)
+    return home if (home / "stages").is_dir() else Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------- build / write
@@ -611,7 +619,8 @@ def build_pipeline(recipe: Recipe, root: str | Path = ".", shape: ParentShape | 
     external = {p for paths in _external_deps(params).values() for p in paths}
     ordered = check_graph(stages, external)
     code_root = Path(code_root) if code_root else default_code_root(root)
-    return Pipeline(recipe, shape, params, ordered, code_root, engine_notices(params["space"]))
+    return Pipeline(recipe, shape, params, ordered, code_root, engine_notices(params["space"]),
+                    root)
 
 
 def engine_notices(space: dict) -> list[str]:
@@ -643,7 +652,10 @@ def code_stage(pipeline: Pipeline) -> dict:
     It depends on the files the programs import and rewrites a fingerprint only when the code
     itself changes, so a comment or an unrelated function reruns this 1-second stage alone."""
     programs = sorted({s.program for s in pipeline.stages})
-    files = sorted({f for p in programs for f in code_deps(p, pipeline.code_root)})
+    code_root, root = pipeline.code_root.resolve(), pipeline.root.resolve()
+    # a pipeline in a subfolder of the checkout reads the code above it
+    up = Path(os.path.relpath(code_root, root)) if root.is_relative_to(code_root) else Path()
+    files = sorted({(up / f).as_posix() for p in programs for f in code_deps(p, pipeline.code_root)})
     return {"cmd": "puzzle-dsl fingerprint " + " ".join(programs),
             "desc": "fingerprint the code each stage program runs (comments and docstrings "
                     "do not count)",

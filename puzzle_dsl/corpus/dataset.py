@@ -383,27 +383,18 @@ def iter_batches(
 
 
 def _generated_documents(source: dict, model, tokenizer, need_tokens: int, progress: dict):
-    """Documents sampled from the parent, logging speed and a time estimate once per batch."""
+    """Documents sampled from the parent, with a bar over kept tokens (sampled tokens/s too)."""
     from puzzle_dsl.corpus.generate import ParentSampler
     from puzzle_dsl.dsl.recipe import Generated
+    from puzzle_dsl.pipeline.progress import token_bar
 
     sampler = ParentSampler(model, tokenizer, Generated.from_params(source, "corpus.sources"))
     progress["sampler"] = sampler
-    total = 0
-    for n, doc in enumerate(sampler):
-        total += len(doc)
-        if n % sampler.settings.batch_size == 0 and sampler.batches:
-            new_share = sampler.new_tokens / max(total, 1)  # the rest are prompt tokens
-            left_s = max(need_tokens - total, 0) * new_share / max(sampler.tokens_per_s, 1e-9)
-            log.info(
-                "generated %d/%d tokens (%d sampled), %.1f sampled tokens/s, ~%.0f min left",
-                total,
-                need_tokens,
-                sampler.new_tokens,
-                sampler.tokens_per_s,
-                left_s / 60,
-            )
-        yield doc
+    with token_bar(need_tokens, "corpus: generate") as bar:
+        for doc in sampler:
+            bar.update(min(len(doc), max(need_tokens - bar.n, 0)))
+            bar.set_postfix(sampled_tok_s=f"{sampler.tokens_per_s:.0f}", refresh=False)
+            yield doc
 
 
 def build_corpus(

@@ -17,15 +17,14 @@ import contextlib
 import csv
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from puzzle_dsl.dsl.recipe import GKD
+from puzzle_dsl.pipeline.progress import token_bar
 from puzzle_dsl.train.distributed import barrier, mean_across_ranks, rank_slice, rank_world
 from puzzle_dsl.train.optim import make_optimizer, warmup_cosine_scheduler
 
@@ -149,9 +148,8 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
         ids = [device.index] if device.type == "cuda" else None
         forward = torch.nn.parallel.DistributedDataParallel(child, device_ids=ids)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len
-    bar = tqdm(total=total, initial=start, desc="gkd", unit="step",
-               disable=not progress or rank != 0)
-    t0 = time.perf_counter()
+    bar = token_bar(total * tokens_per_step, "gkd", initial=start * tokens_per_step,
+                    disable=not progress or rank != 0)
     for step in range(start, total):
         parts_sum: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
@@ -174,10 +172,8 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
         parts_mean = mean_across_ranks(parts_sum, device)
         log.append({"step": step + 1, **parts_mean, "lr": lr,
                     "tokens": (step + 1) * tokens_per_step})
-        done = step + 1 - start
-        bar.update(1)
-        bar.set_postfix(loss=f"{parts_mean['loss']:.4f}",
-                        tok_s=f"{done * tokens_per_step / (time.perf_counter() - t0):.0f}")
+        bar.update(tokens_per_step)
+        bar.set_postfix(loss=f"{parts_mean['loss']:.4f}")
         if ckpt_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             if rank == 0:
                 save_checkpoint(ckpt_path, {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,13 @@ def load_stage(root: Path, name: str, item: str | None) -> tuple[dict, dict]:
 
 
 def load_program(root: Path, name: str):
-    path = root / "stages" / f"{name}.py"
-    if not path.exists():
-        raise StageError(f"no stage program {path}")
+    """stages/NAME.py in the pipeline root or the nearest folder above it that has one."""
+    here = Path(root).resolve()
+    path = next((p for d in (here, *here.parents) if (p := d / "stages" / f"{name}.py").exists()),
+                None)
+    if path is None:
+        raise StageError(f"no stage program stages/{name}.py in {here} or above it: run the "
+                         f"stage from the checkout (or a pipeline folder inside it)")
     spec = importlib.util.spec_from_file_location(f"puzzle_stage_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -96,7 +101,7 @@ def load_program(root: Path, name: str):
 
 
 def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> None:
-    """Run the stage program, then log it to MLflow (unless PUZZLE_TRACKING=0; under torchrun
+    """Run the stage program (one line with its time when it ends), then log it to MLflow (unless PUZZLE_TRACKING=0; under torchrun
     only rank 0 logs).
 
     Tracking reads only the files the stage wrote and never fails the stage. When the program
@@ -108,11 +113,14 @@ def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> Non
     program = load_program(root, name)
     outputs = stage_outputs(entry)
     existed = {p for p in outputs if (root / p).exists()}
+    start = time.perf_counter()
     try:
         program.main(settings, item)
     except BaseException:  # a failed stage leaves no partial output (resume state lies outside)
         failure.remove_new(root, outputs, existed)
         raise
+    print(f"puzzle-dsl: stage {stage_id(name, item)} finished in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     if os.environ.get("PUZZLE_TRACKING", "1") != "0" and os.environ.get("RANK", "0") == "0":
         from puzzle_dsl.tracking import runs as tracking
         tracking.log_stage(root, stage_id(name, item), entry, params)

@@ -54,6 +54,24 @@ def results_table(parent_eval: Mapping, child_evals: Mapping[str, Mapping],
     return rows
 
 
+INT_COLUMNS = ("params", "kv_bytes_per_token")
+
+
+def rows_from_metrics(metrics: Mapping[str, float], kinds: Mapping[str, str]) -> dict[str, dict]:
+    """The rows of `results_table` back from flat `MODEL.key` / `MODEL.tasks.TASK` numbers
+    (how MLflow holds them) and each row's kind, in the order of `kinds`."""
+    rows: dict[str, dict] = {m: {"kind": k, "tasks": {}} for m, k in kinds.items()}
+    for key, value in metrics.items():
+        model, _, rest = key.partition(".")
+        if model not in rows:
+            continue
+        if rest.startswith("tasks."):
+            rows[model]["tasks"][rest.removeprefix("tasks.")] = value
+        else:
+            rows[model][rest] = int(value) if rest in INT_COLUMNS else value
+    return rows
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "–"
@@ -88,11 +106,12 @@ def markdown(rows: Mapping[str, Mapping], bench: Mapping | None = None) -> str:
             "ppl", *tasks, "avg acc", "retained"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
-        cells = [name, r["kind"], speedup_cell(r["speedup"], r["speedup_spread"], r["under_load"]),
-                 _fmt(r["predicted_speedup"], 2),
-                 _fmt(r["params"]), _fmt(r["kv_bytes_per_token"]), _fmt(r["kl"]),
-                 _fmt(r["perplexity"], 1), *(_fmt(r["tasks"].get(t)) for t in tasks),
-                 _fmt(r["avg_acc"]), _fmt(r["retained_acc"])]
+        g = r.get  # a value the store dropped (None) shows as missing
+        cells = [name, r["kind"], speedup_cell(g("speedup"), g("speedup_spread"), g("under_load")),
+                 _fmt(g("predicted_speedup"), 2),
+                 _fmt(g("params")), _fmt(g("kv_bytes_per_token")), _fmt(g("kl")),
+                 _fmt(g("perplexity"), 1), *(_fmt(r["tasks"].get(t)) for t in tasks),
+                 _fmt(g("avg_acc")), _fmt(g("retained_acc"))]
         lines.append("| " + " | ".join(cells) + " |")
     if bench:
         lines += ["", speed_note(bench)]

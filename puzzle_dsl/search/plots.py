@@ -17,18 +17,26 @@ SUBBLOCKS = ("attention", "ffn")
 
 def pareto_plot(points: Sequence[Mapping], solutions: Sequence[Mapping], path: str | Path,
                 objective: str, parent_tps: float | None = None) -> None:
-    """Predicted score vs throughput: the sweep as a line, the chosen solutions as named dots.
+    """Predicted score vs throughput: the sweep as a line, the chosen children as named red
+    dots, the baselines as named black squares.
 
-    points / solutions: dicts with `throughput` and `score` (solutions also `name`)."""
+    points / solutions: dicts with `throughput` and `score` (solutions also `name`, and
+    `baseline` (its kind) for a baseline)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     pts = sorted(points, key=lambda p: p["throughput"])
     if pts:
         ax.plot([p["throughput"] for p in pts], [p["score"] for p in pts], "o-", color="tab:blue",
                 ms=4, label="best child per throughput target")
     for k, s in enumerate(solutions):
-        ax.scatter([s["throughput"]], [s["score"]], color="tab:red", zorder=3)
+        base = bool(s.get("baseline"))
+        ax.scatter([s["throughput"]], [s["score"]], zorder=3, s=36 if base else 30,
+                   color="black" if base else "tab:red", marker="s" if base else "o",
+                   label=("baselines" if base else "chosen children")
+                   if not any(bool(o.get("baseline")) == base for o in solutions[:k]) else None)
         ax.annotate(s["name"], (s["throughput"], s["score"]), textcoords="offset points",
-                    xytext=(6, 4 + 9 * k), fontsize=8)  # stacked: solutions often sit close
+                    xytext=(6, 4 + 9 * sum(bool(o.get("baseline")) == base
+                                           for o in solutions[:k])),
+                    fontsize=8)  # stacked per kind: the chosen children often sit close
     xs = [p["throughput"] for p in [*pts, *solutions]]
     if xs and max(xs) > 3 * min(xs):
         ax.set_xscale("log")
@@ -67,11 +75,21 @@ def architecture_plot(layers: Sequence[Mapping[str, str]], path: str | Path, tit
         handles += [Patch(facecolor=c, edgecolor="k", label=f"{sub}: {v}")
                     for v, c in colours.items()]
     axes[-1].set_xlabel("layer")
-    step = max(1, n // 20)
+    step = tick_step(n)
     axes[-1].set_xticks([i + 0.46 for i in range(0, n, step)], [str(i) for i in range(0, n, step)])
+    axes[-1].set_xticks([i + 0.46 for i in range(n)], minor=True)  # one mark per layer
     fig.legend(handles=handles, loc="center left", fontsize=7, bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title or "child architecture")
     _save(fig, path)
+
+
+def tick_step(n_layers: int, max_labels: int = 16) -> int:
+    """Layers between numbered ticks: the smallest of 1, 2, 5, 10, 20, ... that keeps at most
+    `max_labels` numbers on the axis (30 layers: every 2nd, 80: every 5th)."""
+    step = 1
+    while -(-n_layers // step) > max_labels:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2
+    return step
 
 
 def _kind(sub: str, name: str, space: Mapping | None) -> str:

@@ -132,11 +132,13 @@ def _hellaswag_clean(text: str) -> str:
 
 
 def hellaswag(rec: dict) -> dict:
-    """HellaSwag `{activity_label, ctx_a, ctx_b, endings, label}`; lm-eval hellaswag."""
+    """HellaSwag `{activity_label, ctx_a, ctx_b, endings, label}` (or with `ctx`, the two
+    joined, as some slices ship it); lm-eval hellaswag."""
     gold = int(rec["label"])
     if not 0 <= gold < len(rec["endings"]):
         raise ValueError(f"label {gold} is not an index into the {len(rec['endings'])} endings")
-    ctx = rec["ctx_a"] + " " + rec["ctx_b"].capitalize()
+    ctx = rec["ctx"] if "ctx" in rec and "ctx_a" not in rec else \
+        rec["ctx_a"] + " " + rec["ctx_b"].capitalize()
     return {
         "query": _hellaswag_clean(rec["activity_label"] + ": " + ctx),
         "choices": [_hellaswag_clean(e) for e in rec["endings"]],

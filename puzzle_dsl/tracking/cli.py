@@ -15,7 +15,8 @@ MAX_COMPARED = 8  # metric columns of the children table
 @click.command("runs")
 @click.option("--root", default=".", type=click.Path(file_okay=False), help="Pipeline root.")
 def runs(root: str) -> None:
-    """Print the stage runs of the latest recipe run as a table."""
+    """Print the stage runs of the latest recipe run, then the parent and children side by side
+    (the results table of the recipe's newest report run)."""
     try:
         parent, children = tracking.latest_recipe_children(root)
     except Exception as exc:
@@ -46,8 +47,15 @@ def runs(root: str) -> None:
             )
         )
     _table(rows)
+    report, rows = tracking.latest_results(root, tags.get("puzzle.recipe", ""))
     compared = [r for r in children if r.data.tags.get("puzzle.child")]
-    if compared:
+    if report is not None:
+        from puzzle_dsl.report.table import markdown
+
+        click.echo(f"\nresults side by side (report run {report.info.run_id}; the same table as "
+                   f"artifacts/report/results.md):")
+        click.echo(markdown(rows), nl=False)
+    elif compared:
         click.echo("\nchildren side by side (metrics every child run has, predicted ones too):")
         keys = set.intersection(*(set(r.data.metrics) for r in compared))
         keys |= {k for r in compared for k in r.data.metrics if k.startswith("predicted.")}

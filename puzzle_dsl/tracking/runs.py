@@ -37,6 +37,8 @@ HTTP_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 MAX_VALUE = 6000  # MLflow's param value limit
+GKD_PREFIX = "gkd."  # a child's eval metrics after GKD (before it: `assembled.`)
+RESULTS_TAG = "puzzle.results"  # report runs: `.models` (row order), `.MODEL.kind`
 
 
 def tracking_uri(root: Path) -> str:
@@ -181,7 +183,7 @@ def connect(root: Path):
     probe(uri)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)  # not a registry set earlier in this process
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -318,9 +320,10 @@ def _log_contents(client, exp_id: str, root: Path, run_id: str, snap: dict) -> N
         f"puzzle.producer.{dep}": ",".join(ids)
         for dep, ids in producer_runs(client, exp_id, root, sid, snap).items()
     }
-    metrics = {}
-    for path in lineage.entry_paths(entry.get("metrics")):
-        metrics |= read_metrics(root / path)
+    metrics, files = {}, lineage.entry_paths(entry.get("metrics"))
+    for path in files:  # several files (the report's one per model): keys prefixed by file stem
+        prefix = f"{Path(path).stem}." if len(files) > 1 else ""
+        metrics |= {prefix + k: v for k, v in read_metrics(root / path).items()}
     extra_metrics, extra_params, extra_tags = child_summary(root, sid, snap)
     log_batch(
         client,
@@ -430,14 +433,16 @@ def _number(value: Any) -> float | None:
 def child_summary(root: Path, sid: str, snap: dict) -> tuple[dict, dict, dict]:
     """(metrics, params, tags) that make a child (export-solK) or the parent eval comparable."""
     name, _, item = sid.partition("-")
+    if name == "report":
+        return {}, {}, report_tags(root, snap)
     if name == "evaluate" and item == "parent":
-        return {}, {}, {"puzzle.child": "parent", "puzzle.architecture": "parent"}
+        return {"speedup": 1.0}, {}, {"puzzle.child": "parent", "puzzle.architecture": "parent"}
     if name == "evaluate" and item:
         return {}, {}, {"puzzle.solution": item}
     if name != "export" or not item:
         return {}, {}, {}
     from puzzle_dsl.pipeline import layout
-    metrics = read_metrics(root / layout.eval_metrics(item))
+    metrics = child_eval_metrics(root, item)
     parent = read_metrics(root / layout.PARENT_EVAL_METRICS)
     for key, value in list(metrics.items()):  # measured speedup from any throughput both report
         if key.endswith("tokens_per_s") and parent.get(key):
@@ -464,6 +469,28 @@ def child_summary(root: Path, sid: str, snap: dict) -> tuple[dict, dict, dict]:
     return metrics, params, tags
 
 
+def child_eval_metrics(root: Path, child: str) -> dict[str, float]:
+    """A child's eval metrics, after GKD under the parent's own keys (kl, perplexity,
+    tasks.T.acc, ...) so that the MLflow UI compares parent, children and baselines row by row."""
+    from puzzle_dsl.pipeline import layout
+
+    return {k.removeprefix(GKD_PREFIX): v
+            for k, v in read_metrics(root / layout.eval_metrics(child)).items()}
+
+
+def report_tags(root: Path, snap: dict) -> dict[str, str]:
+    """The results table's row order and each row's kind, which metrics cannot hold."""
+    from puzzle_dsl.pipeline import layout
+
+    models = ["parent", *(snap["params"].get("report") or {}).get("children", [])]
+    tags = {f"{RESULTS_TAG}.models": ",".join(models)}
+    for model in models:
+        file = root / layout.results_metrics(model)
+        if file.is_file():
+            tags[f"{RESULTS_TAG}.{model}.kind"] = str(json.loads(file.read_text()).get("kind"))
+    return tags
+
+
 def find_solution(path: Path, name: str) -> dict | None:
     if not path.is_file():
         return None
@@ -474,30 +501,18 @@ def find_solution(path: Path, name: str) -> dict | None:
 
 
 def register_export(client, root: Path, run_id: str, snap: dict, solution: str) -> None:
-    """Log the export directory as the run's `model` artifacts and register a version of it.
-
-    Registered as `{export.register_name}-{solution}`. Not `mlflow.transformers.log_model`:
-    from a local checkpoint path it fails in MLflow 3.17 with transformers 5 (the pipeline
-    registry's `impl` is now a string), and a pipeline object needs the model loaded in memory.
-    """
-    from mlflow.exceptions import MlflowException
+    """Log the export directory as an MLflow model registered under `export.register_name`
+    (`tracking.models`), with the child's evaluation metrics linked to it."""
+    from puzzle_dsl.tracking import models
 
     export_dirs = [p for p in snap["outs"] if p.startswith("exports/") and (root / p).is_dir()]
-    base = (snap["params"].get("export") or {}).get("register_name")
+    name = (snap["params"].get("export") or {}).get("register_name")
     for path in export_dirs:
-        client.log_artifacts(run_id, str(root / path), "model")
-        if not base:
-            continue
-        name = f"{base}-{solution}"
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name, tags={"puzzle.child": solution})
-        source = f"{client.get_run(run_id).info.artifact_uri}/model"
-        version = client.create_model_version(
-            name, source, run_id=run_id, tags={"puzzle.child": solution, "puzzle.export": path}
-        )
-        client.set_tag(run_id, "puzzle.registered_model", f"{name}/{version.version}")
+        if name:
+            models.log_child(client, tracking_uri(root), run_id, root / path, name, solution,
+                             child_eval_metrics(root, solution))
+        else:
+            client.log_artifacts(run_id, str(root / path), "model")
 
 
 # ---------------------------------------------------------------- batching
@@ -551,3 +566,19 @@ def latest_recipe_children(root: str | Path) -> tuple[Any, list]:
         max_results=5000,
     )
     return parent, children
+
+
+def latest_results(root: str | Path, recipe: str) -> tuple[Any, dict[str, dict]]:
+    """(the newest report run of `recipe`, its results rows as `report.table` builds them), or
+    (None, {}) before any report stage was logged."""
+    from puzzle_dsl.report.table import rows_from_metrics
+
+    client, exp_id = connect(Path(root).resolve())
+    found = find_runs(client, exp_id, {"puzzle.stage": "report", "puzzle.recipe": recipe})
+    if not found:
+        return None, {}
+    run = found[0]
+    tags = run.data.tags
+    models = [m for m in tags.get(f"{RESULTS_TAG}.models", "").split(",") if m]
+    kinds = {m: tags.get(f"{RESULTS_TAG}.{m}.kind", "?") for m in models}
+    return run, rows_from_metrics(run.data.metrics, kinds)
