@@ -131,3 +131,13 @@ def test_smollm2_child_without_half_its_attention_generates_faster(tmp_path):
     print(f"SmolLM2, half the attention layers no-op: measured speedup {fig['speedup']:.3f} "
           f"+- {fig['speedup_spread']:.3f} ({bench['conditions']})")
     assert fig["speedup"] > 1.0
+
+
+def test_text_metrics_carry_intervals_around_the_point_estimate(tiny_parent_dir, parent):
+    other = load_parent(tiny_parent_dir)[0]
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    m = text_metrics({"other": other, "parent": parent}, parent, valid_rows())
+    for key in ("kl", "perplexity", "top1_agreement"):
+        assert m["other"][f"{key}_lo"] <= m["other"][key] <= m["other"][f"{key}_hi"]
+    assert m["parent"]["top1_agreement"] == 1.0 and m["other"]["top1_agreement"] < 1.0

@@ -18,32 +18,42 @@ import torch.nn.functional as F
 @torch.no_grad()
 def text_metrics(models: Mapping[str, torch.nn.Module], parent: torch.nn.Module,
                  rows: np.ndarray, *, batch_size: int = 8) -> dict[str, dict[str, float]]:
-    """{name: {kl, lm_loss, perplexity, tokens}} over token rows (int [n_seq, T]).
+    """{name: {kl, lm_loss, perplexity, top1_agreement, tokens, *_lo, *_hi}} over token rows.
 
-    KL(parent || model) is averaged over all positions; LM loss over next-token predictions.
-    The parent's logits are computed once per batch and shared by all models.
+    KL(parent || model) is averaged over all positions; LM loss over next-token predictions;
+    top-1 agreement is the share of positions where model and parent rank the same token
+    first. Each carries a 95% bootstrap interval over the rows (`kl_lo`, `kl_hi`, ...;
+    perplexity's is exp of the loss interval). The parent's logits are computed once per
+    batch and shared by all models.
     """
     if len(rows) == 0:
         raise ValueError("no held-out rows to evaluate on: the corpus valid split is empty")
     device = next(parent.parameters()).device
-    sums = {name: {"kl": 0.0, "lm_loss": 0.0} for name in models}
-    n_pos = n_next = 0
+    per_row = {name: {"kl": [], "lm_loss": [], "top1_agreement": []} for name in models}
     for start in range(0, len(rows), batch_size):
         ids = torch.from_numpy(np.asarray(rows[start:start + batch_size], dtype=np.int64)).to(device)
         p_log = F.log_softmax(parent(input_ids=ids, use_cache=False).logits.float(), -1)  # (B,T,V)
         for name, model in models.items():
             m_log = p_log if model is parent else F.log_softmax(
                 model(input_ids=ids, use_cache=False).logits.float(), -1)
-            sums[name]["kl"] += float((p_log.exp() * (p_log - m_log)).sum())
-            sums[name]["lm_loss"] += float(F.cross_entropy(
-                m_log[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
-        n_pos += ids.numel()
-        n_next += ids[:, 1:].numel()
-    out = {}
-    for name, s in sums.items():
-        loss = s["lm_loss"] / n_next
-        out[name] = {"kl": s["kl"] / n_pos, "lm_loss": loss, "perplexity": math.exp(loss),
-                     "tokens": n_pos}
+            got = per_row[name]
+            got["kl"] += (p_log.exp() * (p_log - m_log)).sum(-1).mean(-1).tolist()  # (B,)
+            got["lm_loss"] += F.cross_entropy(m_log[:, :-1].transpose(1, 2), ids[:, 1:],
+                                              reduction="none").mean(-1).tolist()
+            got["top1_agreement"] += (m_log.argmax(-1) == p_log.argmax(-1)).float().mean(-1).tolist()
+    return {name: _with_intervals(got, int(rows.size)) for name, got in per_row.items()}
+
+
+def _with_intervals(per_row: Mapping[str, list[float]], tokens: int) -> dict[str, float]:
+    """Means over rows (equal lengths, so over positions too) with their bootstrap bounds."""
+    from puzzle_dsl.evaluate.intervals import mean_interval
+
+    out: dict[str, float] = {"tokens": tokens}
+    for key, values in per_row.items():
+        ci = mean_interval(values)
+        out.update({key: ci["mean"], f"{key}_lo": ci["lo"], f"{key}_hi": ci["hi"]})
+    out.update(perplexity=math.exp(out["lm_loss"]), perplexity_lo=math.exp(out["lm_loss_lo"]),
+               perplexity_hi=math.exp(out["lm_loss_hi"]))
     return out
 
 
