@@ -72,7 +72,8 @@ def test_a_pipeline_in_a_subfolder_runs_with_the_checkouts_code(tmp_path):
     root = clone / "pipelines" / "smoke"
     compile_recipe(load_recipe(clone / "recipes" / "smoke.py"), root)
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    assert "../../stages/parent.py" in stages["parent"]["deps"]
+    assert "artifacts/code/parent.json" in stages["parent"]["deps"]  # its own fingerprint
+    assert "../../stages/parent.py" in stages["code"]["deps"]  # of the checkout's code
     sh(root, "dvc", "repro", "corpus", env=pipeline_env(clone))
     assert (root / "artifacts" / "corpus" / "train.npy").is_file()
     assert not (clone / "artifacts").exists()
