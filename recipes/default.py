@@ -9,28 +9,7 @@ It reads nothing beside the checkout, so a fresh clone compiles it to exactly th
 dvc.yaml; `recipes/dev.py` is the same job with benchmark tasks from ../shared/data.
 """
 
-from puzzle_dsl.dsl import (
-    BLD,
-    FFN,
-    GKD,
-    GQA,
-    Benchmark,
-    Corpus,
-    DepthPruning,
-    Evaluation,
-    Generated,
-    LinearAttention,
-    NoOpAttention,
-    NoOpFFN,
-    Parent,
-    Recipe,
-    Relative,
-    Scenario,
-    Scoring,
-    Search,
-    SearchSpace,
-    UniformWidth,
-)
+from puzzle_dsl.dsl import *  # the recipe language: Recipe, Parent, SearchSpace, ...
 
 recipe = Recipe(
     name="default",

@@ -2,29 +2,7 @@
 spirit of the paper's 8B result (PUZZLE.md section 7). Compiles offline: the parent's shape
 is stated here because the hub config cannot be read without the network."""
 
-from puzzle_dsl.dsl import (
-    BLD,
-    FFN,
-    GKD,
-    GQA,
-    Benchmark,
-    Corpus,
-    Evaluation,
-    HFDataset,
-    LinearAttention,
-    LinearFFN,
-    NoOpAttention,
-    NoOpFFN,
-    Parent,
-    ParentShape,
-    Recipe,
-    Relative,
-    Scenario,
-    Scoring,
-    Search,
-    SearchSpace,
-    Task,
-)
+from puzzle_dsl.dsl import *  # the recipe language: Recipe, Parent, SearchSpace, ...
 
 recipe = Recipe(
     name="llama31_8b",

@@ -5,26 +5,7 @@ not the budgets, sets the cost: one solution (4 stages per child) keeps the full
 at 20 stages (with the one benchmark). The pipeline tests (tests/test_dvc_pipeline.py, test_smoke_*.py) run it for real.
 """
 
-from puzzle_dsl.dsl import (
-    BLD,
-    FFN,
-    GKD,
-    GQA,
-    Benchmark,
-    Corpus,
-    Evaluation,
-    Generated,
-    NoOpAttention,
-    NoOpFFN,
-    Parent,
-    Recipe,
-    Relative,
-    Scenario,
-    Scoring,
-    Search,
-    SearchSpace,
-    Timing,
-)
+from puzzle_dsl.dsl import *  # the recipe language: Recipe, Parent, SearchSpace, ...
 
 UNGUARDED = Timing(max_spread=None, max_wait=None, parent_ratio=None)
 

@@ -149,7 +149,7 @@ def _write_outputs(item: str, subblock: str, job, layers: list[int], result,
     import polars as pl
     from safetensors.torch import save_file
 
-    from puzzle_dsl.model.library import BLOCKS_FILE
+    from puzzle_dsl.model.library import BLOCKS_FILE, QUALITY_FILE
     from puzzle_dsl.pipeline.atomic import atomic_dir
 
     library = Path(layout.library_dir(item))
@@ -162,6 +162,8 @@ def _write_outputs(item: str, subblock: str, job, layers: list[int], result,
                       "final_loss": [job.final_loss[i] for i in layers]},
                      schema={"layer": pl.Int64, "init_loss": pl.Float64,
                              "final_loss": pl.Float64}).write_parquet(tmp / "losses.parquet")
+        quality = block_metrics(job, layers, noop, fits)  # deterministic: what the search reads
+        (tmp / QUALITY_FILE).write_text(json.dumps(quality, indent=2, sort_keys=True) + "\n")
     final = [job.final_loss[i] for i in layers]
     metrics = {"mean_final_loss": sum(final) / len(final), "max_final_loss": max(final),
                "mean_init_loss": sum(job.init_loss.values()) / len(layers),
@@ -169,7 +171,7 @@ def _write_outputs(item: str, subblock: str, job, layers: list[int], result,
                "tokens": result.tokens, "steps": result.steps,
                "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
                "block_tokens_per_s": result.tokens * len(layers) / max(result.seconds, 1e-9),
-               **block_metrics(job, layers, noop, fits)}
+               **quality}
     if metrics["worse_than_noop"]:
         print(f"bld-{item}: layers {metrics['worse_than_noop']} end worse than a no-op block "
               "(flagged; the search drops them)")

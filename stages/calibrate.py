@@ -15,20 +15,15 @@ from puzzle_dsl.pipeline import layout
 
 
 def main(params: Params, item: str | None) -> None:
-    import torch
     from safetensors.torch import save_file
 
     from puzzle_dsl.bld.calibrate import calibrate
-    from puzzle_dsl.corpus.dataset import iter_batches
-    from puzzle_dsl.model.checkpoint import load_parent
+    from puzzle_dsl.corpus.dataset import iter_batches, split_file
+    from puzzle_dsl.model.checkpoint import load_parent_on_device
 
     cfg = params.calibrate
-    train = Path(layout.CORPUS_DIR, "train.npy")
-    if not train.is_file():
-        raise FileNotFoundError(f"no {train}: run the `corpus` stage first")
-    parent, _ = load_parent(layout.PARENT_DIR, dtype=torch.float32)
-    if torch.cuda.is_available():
-        parent = parent.cuda()
+    train = split_file("train")
+    parent = load_parent_on_device(layout.PARENT_DIR)
     batches = iter_batches(train, cfg.batch_size, limit_tokens=cfg.tokens)
     contributions, tokens = calibrate(parent, batches)
     out = Path(layout.CALIBRATION_FILE)

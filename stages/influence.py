@@ -6,26 +6,18 @@ writes artifacts/influence/block_influence.json: {"layers": [BI per layer], "tok
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.pipeline.atomic import write_json
 
 
 def main(params: Params, item: str | None) -> None:
-    import torch
-
-    from puzzle_dsl.corpus.dataset import iter_batches
-    from puzzle_dsl.model.checkpoint import load_parent
+    from puzzle_dsl.corpus.dataset import iter_batches, split_file
+    from puzzle_dsl.model.checkpoint import load_parent_on_device
     from puzzle_dsl.score.influence import block_influence
 
-    split = Path(layout.CORPUS_DIR, "score.npy")
-    if not split.is_file():
-        raise FileNotFoundError(f"no {split}: run the `corpus` stage first")
-    parent, _ = load_parent(layout.PARENT_DIR, dtype=torch.float32)
-    if torch.cuda.is_available():
-        parent = parent.cuda()
+    split = split_file("score")
+    parent = load_parent_on_device(layout.PARENT_DIR)
     tokens = [0]
 
     def counted(batches):

@@ -162,5 +162,7 @@ def test_least_squares_stage_reports_each_block_against_the_no_op_and_its_init(
     assert all(metrics["noop_loss"][i] == pytest.approx(1.0) for i in layers)  # FFN no-op: 0
     assert metrics["worse_than_noop"] == [int(i) for i in layers
                                           if metrics["final_loss"][i] > metrics["noop_loss"][i]]
+    quality = json.loads((root / layout.library_dir(VARIANT) / "quality.json").read_text())
+    assert quality["worse_than_noop"] == metrics["worse_than_noop"]  # what the search reads
     paper = json.loads((finished / layout.bld_metrics(VARIANT)).read_text())
     assert metrics["mean_init_loss"] <= paper["mean_init_loss"]  # the refit starts ahead

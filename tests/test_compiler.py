@@ -192,11 +192,11 @@ def test_each_stage_declares_only_its_own_params():
     assert stages["benchmark"] == ["benchmark", "report"]
 
 
-def test_paper_init_bld_stages_do_not_track_calibration_and_search_reads_bld_metrics():
+def test_paper_init_bld_stages_do_not_track_calibration_and_search_reads_the_library():
     stages = {s.name: s for s in build_pipeline(smol(bld=BLD(init="paper"))).stages}
     assert stages["bld-attn_kv1"].params == ["bld.common", "space.attention.attn_kv1"]
-    assert {layout.bld_metrics("attn_kv1"), layout.bld_metrics("ffn_i768")} <= set(
-        stages["search"].deps)
+    assert {layout.library_dir("attn_kv1"), layout.library_dir("ffn_i768")} <= set(
+        stages["search"].deps)  # its quality.json (deterministic, unlike the timed metrics)
 
 
 def test_one_stage_per_variant_and_per_solution_not_per_layer():

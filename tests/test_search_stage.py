@@ -354,9 +354,9 @@ def test_the_parent_is_predicted_at_its_measured_speed_and_speedups_keep_their_r
 
 
 def test_blocks_bld_flags_as_worse_than_no_op_are_dropped_and_named(tables, monkeypatch, capsys):
-    metrics = tables / layout.bld_metrics("attn_kv1")
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps({"worse_than_noop": [0, 2, 4]}))
+    quality = tables / layout.library_dir("attn_kv1") / "quality.json"  # what BLD writes
+    quality.parent.mkdir(parents=True, exist_ok=True)
+    quality.write_text(json.dumps({"worse_than_noop": [0, 2, 4]}))
     out = run_search(tables, monkeypatch, pareto_points=0, baselines=[UNIFORM])
     assert "dropped attention variant attn_kv1 at layers [0, 2, 4]" in capsys.readouterr().out
     for sol in out["solutions"]:  # the baseline too

@@ -513,7 +513,7 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
         Stage("runtime", None, "measure every block's latency and memory", ["runtime", "space"],
               [P], [layout.RUNTIME_DIR], [layout.RUNTIME_METRICS], runs_alone=True),
         Stage("search", None, "MIP: choose the children", ["search", "space"],
-              [*scores, *(layout.bld_metrics(v) for v in trained), layout.RUNTIME_DIR,
+              [*scores, *(layout.library_dir(v) for v in trained), layout.RUNTIME_DIR,
                *influence], [layout.SEARCH_DIR],
               [layout.SEARCH_METRICS], [layout.SEARCH_PLOT]),
         Stage("evaluate", "parent", "evaluate the parent", ["evaluate"],

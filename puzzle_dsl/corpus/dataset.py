@@ -479,3 +479,13 @@ def corpus_metrics(stats: dict) -> dict:
         metrics["generation_tokens_per_s"] = float(np.mean(speeds))
     metrics["sha256"] = {s: v["sha256"] for s, v in stats["splits"].items()}
     return metrics
+
+
+def split_file(split: str) -> Path:
+    """artifacts/corpus/SPLIT.npy of the pipeline here (a clear error before the corpus exists)."""
+    from puzzle_dsl.pipeline import layout
+
+    path = Path(layout.CORPUS_DIR, f"{split}.npy")
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: run the `corpus` stage first")
+    return path

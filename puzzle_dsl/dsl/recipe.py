@@ -455,10 +455,15 @@ class Block(_Checks):
     ffn: Any
 
     def _check(self) -> None:
-        if not isinstance(self.attention, ATTENTION):
-            self.fail(f"attention must be an attention variant, got {self.attention!r}")
-        if not isinstance(self.ffn, FFNS):
-            self.fail(f"ffn must be an FFN variant, got {self.ffn!r}")
+        _check_pair(self, optional=False)
+
+
+def _check_pair(node: Schema, optional: bool) -> None:
+    """`node.attention` is an attention variant and `node.ffn` an FFN variant (or None)."""
+    for field, kinds, what in (("attention", ATTENTION, "an attention"), ("ffn", FFNS, "an FFN")):
+        value = getattr(node, field)
+        if not (optional and value is None) and not isinstance(value, kinds):
+            node.fail(f"{field} must be {what} variant, got {value!r}")
 
 
 class Fixed(_Checks):
@@ -480,10 +485,7 @@ class Uniform(_Checks):
     ffn: Any = None
 
     def _check(self) -> None:
-        if self.attention is not None and not isinstance(self.attention, ATTENTION):
-            self.fail(f"attention must be an attention variant, got {self.attention!r}")
-        if self.ffn is not None and not isinstance(self.ffn, FFNS):
-            self.fail(f"ffn must be an FFN variant, got {self.ffn!r}")
+        _check_pair(self, optional=True)
 
 
 class DropLayers(_Checks):

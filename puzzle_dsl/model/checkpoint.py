@@ -89,6 +89,12 @@ def load_parent(model_dir: str | Path, dtype: torch.dtype = torch.float32
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
+def load_parent_on_device(model_dir: str | Path) -> NemotronNasForCausalLM:
+    """The parent in float32 on the GPU when there is one (what the measuring stages read)."""
+    model, _ = load_parent(model_dir, dtype=torch.float32)
+    return model.cuda() if torch.cuda.is_available() else model
+
+
 def load_child(model_dir: str | Path, dtype: torch.dtype = torch.float32
                ) -> tuple[NemotronNasForCausalLM, PreTrainedTokenizerBase]:
     """A child directory through our own classes (its shipped .py files are never executed)."""

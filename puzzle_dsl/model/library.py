@@ -23,6 +23,7 @@ from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import RMSNorm, build_a
 SUBBLOCK_ATTRS = {"attention": ("input_layernorm", "self_attn"),
                   "ffn": ("post_attention_layernorm", "mlp")}
 BLOCKS_FILE = "blocks.safetensors"
+QUALITY_FILE = "quality.json"  # per block: NMSE vs the no-op and its init; worse_than_noop
 
 
 def parent_shape_of(config) -> ParentShape:
