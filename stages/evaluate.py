@@ -2,7 +2,8 @@
 
 The parent and every child are evaluated the same way. For a child both the assembled model
 (before GKD: KL and perplexity) and the distilled one (after: also the tasks) are scored.
-Speed is the `benchmark` stage's: every model timed together, once per run.
+Speed is the `benchmark` stage's: every model timed together, once per run. Per-item task
+scores go to artifacts/eval/MODEL.items.json, for the report's paired intervals.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ def main(params: Params, item: str | None) -> None:
     text = text_metrics(models, parent, valid, batch_size=ev.batch_size)
     # tasks for the model this stage is about; the assembled child gets KL / perplexity only
     tasked = "parent" if item == "parent" else "gkd"
-    results = {name: {**text[name], **model_facts(m),
-                      **({"tasks": task_scores(m, tokenizer, [t.section() for t in ev.tasks],
-                                               limit=ev.limit, batch_size=ev.batch_size)}
-                         if name == tasked else {})}
+    scores, items = task_scores(models[tasked], tokenizer, [t.section() for t in ev.tasks],
+                                limit=ev.limit, batch_size=ev.batch_size)
+    write_json(layout.eval_items(item), items)
+    results = {name: {**text[name], **model_facts(m), **({"tasks": scores} if name == tasked else {})}
                for name, m in models.items() if name != "parent" or item == "parent"}
     if item == "parent":
         write_json(layout.PARENT_EVAL_METRICS, results["parent"])

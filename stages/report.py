@@ -2,7 +2,8 @@
 
 Reads metrics/eval/*.json, metrics/benchmark.json and metrics/search.json; writes metrics/results/MODEL.json for the
 parent and each child (measured and predicted speedup, size, KV bytes per token, KL,
-perplexity, task accuracies, average and retained accuracy), so `dvc metrics show
+perplexity, task accuracies, average and retained accuracy with its 95% interval, and each
+Puzzle child's paired difference to each baseline), so `dvc metrics show
 metrics/results` prints the table, and artifacts/report/results.md (the same in Markdown).
 """
 
@@ -28,7 +29,8 @@ def main(params: Params, item: str | None) -> None:
     bench = read(layout.BENCHMARK_METRICS)
     rows = results_table(read(layout.PARENT_EVAL_METRICS),
                          {c: read(layout.eval_metrics(c)) for c in children},
-                         read(layout.SEARCH_METRICS), bench)
+                         read(layout.SEARCH_METRICS), bench,
+                         {m: read(layout.eval_items(m)) for m in ["parent", *children]})
     for model, row in rows.items():
         write_json(layout.results_metrics(model), row)
     write_text(layout.RESULTS_TABLE, markdown(rows, bench))

@@ -68,3 +68,25 @@ def test_speedups_measured_under_load_are_flagged():
     text = markdown(rows, b)
     assert "| 2.10 ± 0.04* |" in text
     assert "*Measured under load: other processes used 1.20 of 2 cores on average" in text
+
+
+def _items(arc_right: int, copa_right: int, n: int = 200) -> dict:
+    """Per-item scores, the first `k` items right (so the models share their easy items)."""
+    return {"arc_easy": {"acc": [1.0] * n,
+                         "acc_norm": [1.0] * arc_right + [0.0] * (n - arc_right)},
+            "copa": {"acc": [1.0] * copa_right + [0.0] * (n - copa_right)}}
+
+
+def test_retention_carries_a_95_interval_and_puzzle_a_paired_test_per_baseline():
+    rows = results_table(PARENT, {"sol0": child(0.4, 0.55), "depth": child(0.3, 0.5)},
+                         {"sol0": {}, "depth": {"baseline": "depth_pruning"}}, bench(),
+                         {"parent": _items(100, 120), "sol0": _items(80, 110),
+                          "depth": _items(60, 100)})
+    sol = rows["sol0"]
+    assert sol["retained_acc_lo"] < 190 / 220 < sol["retained_acc_hi"]
+    assert rows["depth"]["retained_acc_lo"] < rows["depth"]["retained_acc_hi"]
+    assert sol["vs_depth_diff"] == pytest.approx((20 / 200 + 10 / 200) / 2)
+    assert sol["vs_depth_p"] < 0.01 and sol["vs_depth_stderr"] > 0
+    assert "vs_sol0_diff" not in rows["depth"]
+    line = markdown(rows).splitlines()[3]
+    assert "[" in line and "vs depth (p 0.00)" in line

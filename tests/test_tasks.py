@@ -329,3 +329,15 @@ def test_smollm2_scores_above_chance_on_arc_easy(shared_data):
     tokenizer = AutoTokenizer.from_pretrained(SMOLLM2)
     scores = evaluate_tasks(model, tokenizer, _shared_tasks(shared_data)[:1], limit=100)
     assert scores["arc_easy"]["acc"] > 0.25 + 0.1  # 4 choices; 100 questions: > 2 sigma above
+
+
+def test_per_item_scores_average_to_the_task_score_and_give_its_stderr(tmp_path, tiny):
+    import numpy as np
+
+    from puzzle_dsl.evaluate.measures import task_scores
+
+    path = _write_jsonl(tmp_path / "piqa.jsonl", [PIQA_REC] * 3 + [{**PIQA_REC, "label": 1}] * 2)
+    scores, items = task_scores(*tiny, [{"name": "piqa", "path": str(path)}])
+    acc = items["piqa"]["acc"]
+    assert len(acc) == 5 and scores["piqa"]["acc"] == pytest.approx(sum(acc) / 5)
+    assert scores["piqa"]["acc_stderr"] == pytest.approx(np.std(acc, ddof=1) / 5**0.5)

@@ -478,6 +478,9 @@ def _report_pipeline(root: Path) -> dict:
                  "uniform": {"generation_tokens_per_s": 200.0, "tokens_per_s_spread": 2.0,
                              "speedup": 2.0, "speedup_spread": 0.04}},
                  "conditions": {"under_load": False}}}
+    for model, right in {"parent": 10, "sol0": 9, "uniform": 7}.items():  # per-item scores
+        files[layout.eval_items(model)] = {
+            t: {"acc": [1.0] * right + [0.0] * (20 - right)} for t in ("arc_easy", "lambada")}
     for path, content in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(json.dumps(content))

@@ -517,7 +517,8 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
                *influence], [layout.SEARCH_DIR],
               [layout.SEARCH_METRICS], [layout.SEARCH_PLOT]),
         Stage("evaluate", "parent", "evaluate the parent", ["evaluate"],
-              [P, C, *ext["evaluate"]], [], [layout.PARENT_EVAL_METRICS]),
+              [P, C, *ext["evaluate"]], [layout.eval_items("parent")],
+              [layout.PARENT_EVAL_METRICS]),
     ]
     libraries = [layout.library_dir(v) for v in trained]
     name = params["recipe"]["name"]
@@ -530,7 +531,8 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
             Stage("gkd", sol, f"global distillation of {sol}", ["gkd"], [assembled, P, C],
                   [gkd], [layout.gkd_metrics(sol)], [layout.gkd_plot(sol)]),
             Stage("evaluate", sol, f"evaluate {sol}", ["evaluate"],
-                  [gkd, assembled, P, C, *ext["evaluate"]], [], [layout.eval_metrics(sol)]),
+                  [gkd, assembled, P, C, *ext["evaluate"]], [layout.eval_items(sol)],
+                  [layout.eval_metrics(sol)]),
             Stage("export", sol, f"export {sol}", ["export", "recipe"],
                   [gkd, layout.SEARCH_DIR, layout.eval_metrics(sol), layout.PARENT_EVAL_METRICS,
                    layout.BENCHMARK_METRICS],
@@ -542,7 +544,8 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
     stages.append(Stage("report", None, "the results table of the parent and every child",
                         ["report"], [layout.PARENT_EVAL_METRICS, layout.SEARCH_METRICS,
                                      layout.BENCHMARK_METRICS,
-                                     *(layout.eval_metrics(c) for c in children)],
+                                     *(layout.eval_metrics(c) for c in children),
+                                     *(layout.eval_items(m) for m in ["parent", *children])],
                         [layout.RESULTS_TABLE],
                         [layout.results_metrics(m) for m in ["parent", *children]]))
     return stages

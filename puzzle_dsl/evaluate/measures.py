@@ -58,16 +58,26 @@ def _with_intervals(per_row: Mapping[str, list[float]], tokens: int) -> dict[str
 
 
 def task_scores(model: torch.nn.Module, tokenizer, tasks: list[dict], *, limit: int | None = None,
-                batch_size: int = 8) -> dict[str, dict[str, float]]:
-    """lm-eval scores {task: {metric: value}} (numbers only); {} when no tasks are configured."""
-    if not tasks:
-        return {}
-    from puzzle_dsl.tasks.runner import evaluate_tasks
+                batch_size: int = 8) -> tuple[dict[str, dict[str, float]], dict]:
+    """(scores, items) of lm-eval; ({}, {}) when no tasks are configured.
 
-    raw = evaluate_tasks(model, tokenizer, tasks, limit=limit, batch_size=batch_size)
-    return {task: {m: float(v) for m, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            for task, metrics in raw.items()}
+    scores {task: {metric: value, METRIC_stderr: standard error of the mean over items}}
+    (numbers only); items {task: {metric: [per-item score]}} for paired comparisons.
+    """
+    if not tasks:
+        return {}, {}
+    from puzzle_dsl.tasks.runner import run_tasks
+
+    raw, items = run_tasks(model, tokenizer, tasks, limit=limit, batch_size=batch_size)
+    scores = {task: {m: float(v) for m, v in metrics.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
+              for task, metrics in raw.items()}
+    for task, per_metric in items.items():
+        for metric, values in per_metric.items():
+            n = len(values)
+            scores[task][f"{metric}_stderr"] = (
+                float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else 0.0)
+    return scores, items
 
 
 def model_facts(model: torch.nn.Module) -> dict[str, int]:

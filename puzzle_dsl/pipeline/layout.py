@@ -99,5 +99,10 @@ def eval_metrics(solution: str) -> str:
     return f"{METRICS}/eval/{solution}.json"
 
 
+def eval_items(model: str) -> str:
+    """Per-item lm-eval scores of `parent` or a child (the report's paired intervals)."""
+    return f"{ARTIFACTS}/eval/{model}.items.json"
+
+
 def export_dir(recipe: str, solution: str) -> str:
     return f"{EXPORTS}/{recipe}-{solution}"

@@ -38,8 +38,14 @@ def _speed(bench: Mapping, name: str) -> dict:
 
 
 def results_table(parent_eval: Mapping, child_evals: Mapping[str, Mapping],
-                  search: Mapping[str, Mapping], bench: Mapping) -> dict[str, dict]:
-    """{name: row} for the parent and each child (evaluate metrics, benchmark, predictions)."""
+                  search: Mapping[str, Mapping], bench: Mapping,
+                  items: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
+    """{name: row} for the parent and each child (evaluate metrics, benchmark, predictions).
+
+    With per-item task scores (`items[model][task][metric]`, the same items for every model)
+    each child's retention gets a 95% interval and each Puzzle child a paired test (difference
+    of average accuracy, its standard error and p-value) against each baseline.
+    """
     rows = {"parent": {**_row("parent", parent_eval, parent_eval.get("tasks", {})),
                        **_speed(bench, "parent"), "predicted_speedup": 1.0}}
     for name, ev in child_evals.items():
@@ -51,7 +57,40 @@ def results_table(parent_eval: Mapping, child_evals: Mapping[str, Mapping],
     base = rows["parent"]["avg_acc"]
     for row in rows.values():
         row["retained_acc"] = row["avg_acc"] / base if base and row["avg_acc"] is not None else None
+    if items:
+        _add_intervals(rows, items)
     return rows
+
+
+def accuracy_items(per_task: Mapping[str, Mapping[str, list]]) -> dict[str, list]:
+    """{task: per-item accuracy}: the metric `task_accuracy` picks (acc_norm, else acc)."""
+    out = {}
+    for task, metrics in per_task.items():
+        key = next((k for k in ("acc_norm", "acc") if k in metrics), None)
+        if key is not None:
+            out[task] = metrics[key]
+    return out
+
+
+def _add_intervals(rows: dict[str, dict], items: Mapping[str, Mapping]) -> None:
+    from puzzle_dsl.evaluate.intervals import paired_difference, retention_interval
+
+    acc = {name: accuracy_items(items.get(name, {})) for name in rows}
+    if not acc["parent"]:
+        return
+    baselines = [n for n, r in rows.items() if r["kind"] not in ("parent", "puzzle")]
+    for name, row in rows.items():
+        if name == "parent" or sorted(acc[name]) != sorted(acc["parent"]):
+            continue
+        ret = retention_interval(acc[name], acc["parent"])
+        row.update(retained_acc_lo=ret["lo"], retained_acc_hi=ret["hi"])
+        if row["kind"] != "puzzle":
+            continue
+        for base in baselines:
+            if sorted(acc[base]) == sorted(acc[name]):
+                d = paired_difference(acc[name], acc[base])
+                row.update({f"vs_{base}_diff": d["value"], f"vs_{base}_stderr": d["stderr"],
+                            f"vs_{base}_p": d["p_value"]})
 
 
 INT_COLUMNS = ("params", "kv_bytes_per_token")
@@ -99,11 +138,28 @@ def speed_note(bench: Mapping) -> str:
     return note
 
 
+def retained_cell(row: Mapping) -> str:
+    """'0.912 [0.871, 0.950]': retention with its 95% interval where items were kept."""
+    if row.get("retained_acc_lo") is None:
+        return _fmt(row.get("retained_acc"))
+    return (f"{_fmt(row['retained_acc'])} [{_fmt(row['retained_acc_lo'])}, "
+            f"{_fmt(row['retained_acc_hi'])}]")
+
+
+def paired_cell(row: Mapping) -> str:
+    """'+0.021 ± 0.008 vs depth (p 0.01)' for each baseline a Puzzle child was paired with."""
+    parts = [f"{row[k]:+.3f} ± {row[k.replace('_diff', '_stderr')]:.3f} vs "
+             f"{k.removeprefix('vs_').removesuffix('_diff')} (p {row[k.replace('_diff', '_p')]:.2f})"
+             for k in sorted(row) if k.startswith("vs_") and k.endswith("_diff")
+             and row.get(k) is not None]
+    return "; ".join(parts) or "–"
+
+
 def markdown(rows: Mapping[str, Mapping], bench: Mapping | None = None) -> str:
     """The table as Markdown, one line per model (and how speed was measured)."""
     tasks = sorted({t for r in rows.values() for t in r["tasks"]})
     head = ["model", "kind", "speedup (measured)", "predicted", "params", "KV B/token", "KL",
-            "ppl", *tasks, "avg acc", "retained"]
+            "ppl", *tasks, "avg acc", "retained [95%]", "paired difference"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         g = r.get  # a value the store dropped (None) shows as missing
@@ -111,7 +167,7 @@ def markdown(rows: Mapping[str, Mapping], bench: Mapping | None = None) -> str:
                  _fmt(g("predicted_speedup"), 2),
                  _fmt(g("params")), _fmt(g("kv_bytes_per_token")), _fmt(g("kl")),
                  _fmt(g("perplexity"), 1), *(_fmt(r["tasks"].get(t)) for t in tasks),
-                 _fmt(g("avg_acc")), _fmt(g("retained_acc"))]
+                 _fmt(g("avg_acc")), retained_cell(r), paired_cell(r)]
         lines.append("| " + " | ".join(cells) + " |")
     if bench:
         lines += ["", speed_note(bench)]

@@ -22,10 +22,28 @@ def _metrics(task_result: dict) -> dict[str, float]:
     return out
 
 
+def _item_scores(samples: list[dict]) -> dict[str, list[float]]:
+    """{metric: [score of each item, in document order]} for the per-item metrics (acc, ...)."""
+    if not samples:
+        return {}
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+    names = [m for m in samples[0].get("metrics", [])
+             if isinstance(samples[0].get(m), (int, float)) and not isinstance(samples[0][m], bool)]
+    return {m: [float(s[m]) for s in samples] for m in names}
+
+
 def evaluate_tasks(
     model, tokenizer, tasks: list, *, limit: float | None = None, batch_size: int = 8
 ) -> dict[str, dict[str, float]]:
-    """Scores per task: {task name: {metric: value}}; `tasks` are design.md task entries.
+    """Scores per task: {task name: {metric: value}}; `tasks` are design.md task entries."""
+    return run_tasks(model, tokenizer, tasks, limit=limit, batch_size=batch_size)[0]
+
+
+def run_tasks(
+    model, tokenizer, tasks: list, *, limit: float | None = None, batch_size: int = 8
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]:
+    """(scores, items): scores as `evaluate_tasks`; items {task: {metric: per-item scores}},
+    the same items in the same order for every model (what paired comparisons need).
 
     Local files are validated first (a bad record fails here, naming file and record). When
     every task is local, lm-eval's built-in task index is skipped (about 10 s faster).
@@ -39,7 +57,7 @@ def evaluate_tasks(
 
     entries = [{"name": t} if isinstance(t, str) else t for t in tasks]
     if not entries:
-        return {}
+        return {}, {}
     with tempfile.TemporaryDirectory(prefix="puzzle-lm-eval-") as tmp:
         names = write_tasks(entries, tmp)
         all_local = all(t.get("path") for t in entries)
@@ -51,6 +69,7 @@ def evaluate_tasks(
             task_manager=manager,
             limit=limit,
             bootstrap_iters=0,
-            log_samples=False,
+            log_samples=True,  # per-item scores: standard errors and paired tests
         )
-    return {name: _metrics(results["results"][name]) for name in names}
+    return ({name: _metrics(results["results"][name]) for name in names},
+            {name: _item_scores(results["samples"].get(name, [])) for name in names})
