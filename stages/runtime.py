@@ -1,6 +1,9 @@
 """Stage `runtime`: per-block latency and memory of every variant shape on this machine.
 
 Reads artifacts/parent/ (its config for block shapes; its weights for the end-to-end run).
+Times in the scenario's engine: transformers (blocks as PyTorch runs them) or llama.cpp
+(GGUF probe models, puzzle_dsl.runtime.llama_cpp_table; the table then also has `pair` rows,
+the saving of a layer whose attention and FFN are both no-op).
 Writes artifacts/runtime/ (runtime.parquet, parent.json, hardware.json) and metrics/runtime.json.
 Every figure, and the parent's own `generate`, is timed in the same interleaved rounds, which
 guard themselves (puzzle_dsl.runtime.guard): contended rounds are dropped, and a table whose
@@ -34,19 +37,24 @@ def main(params: Params, item: str | None) -> None:
 
     sc, space = params.runtime, params.space.specs()
     torch.manual_seed(0)
-    model, _ = load_parent(layout.PARENT_DIR, torch_dtype(sc))
+    model, tokenizer = load_parent(layout.PARENT_DIR, torch_dtype(sc))
     model = model.to(sc.device)
     config, shape = model.config, parent_shape_of(model.config)
     extra = {sub: {PARENT: parent_piece(sub, shape)} for sub in ("attention", "ffn")}
     layers = [{"attention": PARENT, "ffn": PARENT}] * config.num_hidden_layers
-    m = measure_runtime(config, space, sc, extra, parent=model, parent_layers=layers)
+    if sc.engine == "llama.cpp":
+        from puzzle_dsl.runtime.llama_cpp_table import measure_runtime_llama_cpp
+
+        m = measure_runtime_llama_cpp(model.float(), tokenizer, space, sc, extra, layers)
+    else:
+        m = measure_runtime(config, space, sc, extra, parent=model, parent_layers=layers)
     table = pl.DataFrame([r for r in m.rows if r["variant"] != PARENT],
                          schema={"subblock": pl.String, "variant": pl.String,
                                  "batch_size": pl.Int64, "phase": pl.String,
                                  "latency_s": pl.Float64, "spread_s": pl.Float64,
                                  "repeats": pl.Int64, "param_bytes": pl.Int64,
                                  "kv_bytes_per_token": pl.Int64})
-    hardware = {**machine_info(sc.device), "dtype": sc.dtype, "prefill_len": sc.prefill_len,
+    hardware = {**machine_info(sc.device, sc.engine), "dtype": sc.dtype, "prefill_len": sc.prefill_len,
                 "decode_len": sc.decode_len, "batch_sizes": list(sc.batch_sizes),
                 "conditions": m.conditions}
     with atomic_dir(layout.RUNTIME_DIR) as tmp:

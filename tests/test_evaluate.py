@@ -65,6 +65,23 @@ def test_benchmark_times_every_model_and_gives_a_ratio(parent):
     assert bench["models"]["child"]["speedup"] > 0 and "speedup" not in bench["models"]["parent"]
 
 
+def test_benchmark_in_llama_cpp_times_each_model_as_a_gguf(tiny_parent_dir):
+    pytest.importorskip("llama_cpp", reason="llama.cpp timings need llama-cpp-python")
+    from puzzle_dsl.runtime.synthetic import sliced_child
+
+    parent, tokenizer = load_parent(tiny_parent_dir)
+    narrow = {"attention": {"no_op": True}, "ffn": {"intermediate_size": 64}}
+    first = {"attention": {"n_heads_in_group": 2}, "ffn": {"intermediate_size": 64}}
+    child = sliced_child(parent, [first, narrow, narrow, narrow])
+    bench = generation_benchmark({"parent": parent, "child": child}, batch_size=2,
+                                 prefill_len=8, decode_len=4, repeats=2, timing=UNCHECKED,
+                                 engine="llama.cpp", tokenizer=tokenizer)
+    assert bench["settings"]["engine"] == "llama.cpp"
+    assert bench["conditions"]["engine"].startswith("llama.cpp")
+    assert bench["models"]["child"]["speedup"] > 0
+    assert all(b["rounds"] == 2 and b["time_s"] > 0 for b in bench["models"].values())
+
+
 def test_benchmark_under_a_cpu_burner_on_its_core_refuses_or_matches_idle(parent, one_core):
     """The benchmark shares its core with a CPU burner: it must refuse, or give a parent time
     within max_spread of the idle one (this thread's CPU time, blind to other processes)."""

@@ -151,3 +151,18 @@ def test_same_problem_gives_same_solutions():
 def test_layer_without_variants_is_rejected():
     with pytest.raises(ValueError, match="layer 0 allows no ffn variant"):
         Problem(({"attention": {"a0": 0.0}, "ffn": {}},))
+
+
+def test_a_pair_price_lets_the_search_remove_whole_layers_it_could_not_afford_by_halves():
+    # two layers; a no-op FFN costs 1.0 unless the attention is no-op too (the layer goes)
+    scores = ({"attention": {"full": 0.0, "none": 1.0}, "ffn": {"full": 0.0, "none": 1.0}},) * 2
+    coef = {"attention": {"full": 2.0, "none": 0.0}, "ffn": {"full": 3.0, "none": 1.0}}
+    plain = Budget("t", coef, limit=5.0)
+    priced = Budget("t", coef, limit=5.0, pairs={("none", "none"): -1.0})
+    problem = Problem(scores)
+    assert plain.total((("none", "none"), ("full", "full"))) == 6.0
+    assert priced.total((("none", "none"), ("full", "full"))) == 5.0
+    assert mip.solve(problem, [plain]).choice != (("none", "none"), ("full", "full"))
+    assert mip.solve(problem, [priced]).choice in [(("none", "none"), ("full", "full")),
+                                               (("full", "full"), ("none", "none"))]
+    assert mip.separable_min(priced, problem) == 0.0 and mip.separable_min(plain, problem) == 2.0

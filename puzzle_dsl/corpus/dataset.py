@@ -388,7 +388,13 @@ def _generated_documents(source: dict, model, tokenizer, need_tokens: int, progr
     from puzzle_dsl.dsl.recipe import Generated
     from puzzle_dsl.pipeline.progress import token_bar
 
-    sampler = ParentSampler(model, tokenizer, Generated.from_params(source, "corpus.sources"))
+    settings = Generated.from_params(source, "corpus.sources")
+    if settings.engine == "llama.cpp":
+        from puzzle_dsl.corpus.llama_cpp_sample import LlamaCppSampler
+
+        sampler = LlamaCppSampler(model, tokenizer, settings)
+    else:
+        sampler = ParentSampler(model, tokenizer, settings)
     progress["sampler"] = sampler
     with token_bar(need_tokens, "corpus: generate") as bar:
         for doc in sampler:

@@ -41,6 +41,8 @@ __all__ = [
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPES = ("float32", "bfloat16", "float16")
+Engine = Literal["transformers", "llama.cpp"]  # what generates: PyTorch eager, or llama.cpp
+ENGINES = ("transformers", "llama.cpp")
 Node = Schema  # the compiler's name for any recipe object
 
 
@@ -118,8 +120,10 @@ class Source(_Checks):
 
 
 class Generated(Source):
-    """Text sampled from the parent itself (no data needed)."""
+    """Text sampled from the parent itself (no data needed). engine "llama.cpp" samples in
+    llama.cpp with continuous batching (llama-cpp-python); "transformers" with `generate`."""
 
+    engine: Engine = "transformers"
     weight: Num(gt=0) = 1.0
     seed: Int(ge=0) = 0
     temperature: Num(gt=0) = 0.8
@@ -409,10 +413,15 @@ class Timing(_Checks):
 
 
 class Scenario(_Checks):
-    """The deployment the child is built for: where, at what precision, what traffic.
-    Also params.yaml `runtime`."""
+    """The deployment the child is built for: where, in which engine, at what precision, what
+    traffic. Also params.yaml `runtime`.
+
+    engine "transformers" times blocks as PyTorch runs them; "llama.cpp" times GGUF probe
+    models of each block in llama.cpp (llama-cpp-python, CPU), the engine CPU users serve with.
+    """
 
     device: str = "cpu"
+    engine: Engine = "transformers"
     dtype: Dtype = "float32"
     batch_sizes: tuple[Int(ge=1), ...] = (16,)
     prefill_len: Int(ge=1) = 128
@@ -428,6 +437,7 @@ class Scenario(_Checks):
         if not self.batch_sizes:
             self.fail("batch_sizes must be a non-empty list of positive ints, got []",
                       "batch_sizes")
+        _check_engine(self, self.engine, self.device)
 
     @property
     def context_len(self) -> int:
@@ -596,10 +606,18 @@ class GKD(Schema):
         return max(1, self.tokens // (self.batch_size * self.grad_accum * seq_len))
 
 
+def _check_engine(node, engine: str, device: str) -> None:
+    if engine == "llama.cpp" and device != "cpu":
+        node.fail(f'engine "llama.cpp" is timed on the CPU (llama-cpp-python); got device '
+                  f'{device!r}: use device="cpu", or engine="transformers" on {device}', "engine")
+
+
 class Benchmark(Schema):
-    """The generation-throughput benchmark: the parent and every child in the same rounds.
+    """The generation-throughput benchmark: the parent and every child in the same rounds, in
+    `engine` (llama.cpp: each model converted to a GGUF of the scenario's precision first).
     Also params.yaml `benchmark`."""
 
+    engine: Engine = "transformers"
     batch_size: Int(ge=1) = 16
     prefill_len: Int(ge=1) = 128
     decode_len: Int(ge=1) = 128

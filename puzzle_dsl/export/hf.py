@@ -1,5 +1,5 @@
 """Export the final child: a self-contained HF directory, a model card, an architecture picture
-and a GGUF for llama.cpp (puzzle_dsl.export.gguf).
+and a GGUF for llama.cpp (puzzle_dsl.model.gguf).
 
 The directory loads anywhere with
 `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` (the model code ships with
@@ -145,7 +145,7 @@ def _speed_rows(benchmark: Mapping, name: str) -> list[str]:
 
 def llama_cpp_section(gguf_name: str, gguf_type: str) -> list[str]:
     """Card lines: the GGUF beside the weights and the one command that serves it."""
-    from puzzle_dsl.export.gguf import serve_command
+    from puzzle_dsl.model.gguf import serve_command
 
     return ["## llama.cpp", "",
             (f"`{gguf_name}` ({gguf_type}, llama.cpp architecture `deci`, tokenizer included) "
@@ -225,7 +225,7 @@ def export_child(child_dir: str | Path, out_dir: str | Path, *, title: str, reci
                  gguf_type: str | None = "f16") -> Path:
     """Write `out_dir` (replaced atomically): the child, README.md, architecture.png and,
     unless gguf_type is None, `<out_dir name>.gguf` for llama.cpp."""
-    from puzzle_dsl.export.gguf import write_gguf
+    from puzzle_dsl.model.gguf import write_gguf
     from puzzle_dsl.model.checkpoint import load_child, save_child
     from puzzle_dsl.pipeline.atomic import atomic_dir
     from puzzle_dsl.search.plots import architecture_plot

@@ -142,7 +142,11 @@ def describe(conditions: dict) -> str:
             + f", load average up to {conditions.get('loadavg_max') or 0:.2f}")
 
 
-def machine_info(device: str) -> dict:
+ENGINE_NAMES = {"transformers": "transformers generate (PyTorch eager)",
+                "llama.cpp": "llama.cpp (llama-cpp-python), batched greedy decode"}
+
+
+def machine_info(device: str, engine: str = "transformers") -> dict:
     """What the numbers were measured on: CPU, cores, threads, engine and versions."""
     import torch
     import transformers
@@ -151,7 +155,13 @@ def machine_info(device: str) -> dict:
             "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "threads": torch.get_num_threads(),
             "platform": platform.platform(), "device": device,
-            "engine": "transformers generate (PyTorch eager)"}
+            "engine": ENGINE_NAMES[engine]}
+    if engine == "llama.cpp":
+        import llama_cpp
+
+        from puzzle_dsl.model.llama_cpp import threads
+
+        info |= {"llama_cpp_python": llama_cpp.__version__, "threads": threads()}
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
     return info

@@ -13,23 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise RuntimeError("llama.cpp timings need llama-cpp-python: run ./setup.sh") from exc
-    return llama_cpp
-
-
-_QUIET = None  # llama.cpp's log callback, kept alive for the process
-
-
-def _quiet(lc):
-    global _QUIET
-    if _QUIET is None:
-        _QUIET = lc.llama_log_callback(lambda level, text, data: None)
-    return _QUIET
+from puzzle_dsl.model.llama_cpp import binding
 
 
 class LlamaCppGenerator:
@@ -37,9 +21,7 @@ class LlamaCppGenerator:
 
     def __init__(self, path: str | Path, batch_size: int, prefill_len: int, decode_len: int,
                  threads: int = 1):
-        lc = self.lc = _llama_cpp()
-        lc.llama_backend_init()
-        lc.llama_log_set(_quiet(lc), None)
+        lc = self.lc = binding()
         self.model = lc.llama_model_load_from_file(str(path).encode(),
                                                    lc.llama_model_default_params())
         if not self.model:
@@ -52,7 +34,8 @@ class LlamaCppGenerator:
         self.ctx = lc.llama_init_from_model(self.model, params)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not make a context for {batch_size} sequences "
-                               f"of {prefill_len + decode_len} tokens")
+                               f"of {prefill_len + decode_len} tokens of {path} (it makes none "
+                               f"for a model without a single attention layer)")
         self.batch = lc.llama_batch_init(batch_size * prefill_len, 0, 1)
         self.shape = (batch_size, prefill_len, decode_len)
         self.vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
@@ -88,6 +71,14 @@ class LlamaCppGenerator:
         lc.llama_batch_free(self.batch)
         lc.llama_free(self.ctx)
         lc.llama_model_free(self.model)
+
+
+def generation_bench(gen: LlamaCppGenerator, prompt: np.ndarray, steps: int | None = None):
+    """A runtime.measure.Bench of one greedy generation (`steps`, default decode_len tokens)
+    of `prompt` (B, prefill_len); warm-up: 2 tokens."""
+    from puzzle_dsl.runtime.measure import Bench
+
+    return Bench(lambda: gen.generate(prompt, steps), warm=lambda: gen.generate(prompt, steps=2))
 
 
 def llama_cpp_benchmark(paths: dict[str, str | Path], *, batch_size: int, prefill_len: int,

@@ -3,7 +3,8 @@
 Formats (docs/design.md): `scores/V.parquet` rows `layer, variant, subblock, metric, value,
 tokens`; `runtime/runtime.parquet` rows per (subblock, variant, batch_size, phase) with
 `latency_s, param_bytes, kv_bytes_per_token` (subblock `overhead`: embeddings, final norm,
-lm_head; all overhead rows of a (batch, phase) add up); `runtime/parent.json` the parent's
+lm_head; all overhead rows of a (batch, phase) add up; subblock `pair`, llama.cpp tables only:
+the time a layer saves when its attention and FFN are both no-op, beyond the two rows); `runtime/parent.json` the parent's
 measured `generation_tokens_per_s` per batch size; `runtime/hardware.json` also records the
 measured scenario: `prefill_len`, `decode_len`, `dtype`.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -105,6 +106,8 @@ class Runtime:
     prefill_len: int
     decode_len: int
     bytes_per_param: float
+    pair_latency: Mapping[tuple[int, str], float] = field(default_factory=dict)  # (batch, phase)
+    no_op: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # subblock: variants
 
 
 def load_runtime(space: Mapping, runtime_dir: str = layout.RUNTIME_DIR,
@@ -125,7 +128,7 @@ def load_runtime(space: Mapping, runtime_dir: str = layout.RUNTIME_DIR,
     wanted = {(sub, name) for sub in SUBBLOCKS for name in space.get(sub, {})}
     for r in df.iter_rows(named=True):
         key = (r["subblock"], r["variant"])
-        if key not in wanted and r["subblock"] != "overhead":
+        if key not in wanted and r["subblock"] not in ("overhead", "pair"):
             continue  # a variant outside this search's space
         latency[key + (int(r["batch_size"]), r["phase"])] = float(r["latency_s"])
         param_bytes[key] = max(param_bytes.get(key, 0.0), float(r["param_bytes"]))
@@ -140,6 +143,9 @@ def load_runtime(space: Mapping, runtime_dir: str = layout.RUNTIME_DIR,
     overhead = {(b, ph): sum(t for (s, _, bb, p), t in latency.items()
                              if s == "overhead" and bb == b and p == ph)
                 for b in batches for ph in ("prefill", "decode")}
+    pair = {(b, ph): sum(t for (s, _, bb, p), t in latency.items()
+                         if s == "pair" and bb == b and p == ph)
+            for b in batches for ph in ("prefill", "decode")}
     over_bytes = sum(v for (s, _), v in param_bytes.items() if s == "overhead")
     parent = _read_json(root / "parent.json", required=False)
     parent_tps = {int(b): float(v["generation_tokens_per_s"]) for b, v in parent.items()}
@@ -153,11 +159,15 @@ def load_runtime(space: Mapping, runtime_dir: str = layout.RUNTIME_DIR,
             factor = float(v["time_s"]) / float(v["predicted_time_s"])
             latency = {k: t * factor if k[2] == int(b) else t for k, t in latency.items()}
             overhead = {k: t * factor if k[0] == int(b) else t for k, t in overhead.items()}
+            pair = {k: t * factor if k[0] == int(b) else t for k, t in pair.items()}
     dtype = str(hw.get("dtype", "float32")).removeprefix("torch.")
     if dtype not in DTYPE_BYTES:
         raise TableError(f"unknown runtime dtype {dtype!r}; known: {sorted(DTYPE_BYTES)}")
+    no_op = {sub: tuple(sorted(n for n, spec in space.get(sub, {}).items()
+                               if spec.get("kind") == "no_op")) for sub in SUBBLOCKS}
     return Runtime(latency, param_bytes, kv, overhead, over_bytes, parent_tps, batches,
-                   int(hw["prefill_len"]), int(hw["decode_len"]), DTYPE_BYTES[dtype])
+                   int(hw["prefill_len"]), int(hw["decode_len"]), DTYPE_BYTES[dtype], pair,
+                   no_op)
 
 
 def _read_json(path: Path, required: bool) -> dict:
@@ -174,6 +184,17 @@ def _per_variant(rt: Runtime, fn: Callable[[str, str], float]) -> dict[str, dict
     return {sub: {v: fn(sub, v) for (s, v) in rt.param_bytes if s == sub} for sub in SUBBLOCKS}
 
 
+def _pair_discounts(rt: Runtime, batch: int) -> dict[tuple[str, str], float]:
+    """{(no-op attention, no-op FFN): seconds} where the table prices a whole layer's removal."""
+    D = rt.decode_len
+    saving = rt.pair_latency.get((batch, "prefill"), 0.0) + D * rt.pair_latency.get(
+        (batch, "decode"), 0.0)
+    if not saving:
+        return {}
+    return {(a, f): saving for a in rt.no_op.get("attention", ())
+            for f in rt.no_op.get("ffn", ())}
+
+
 def time_budget(rt: Runtime, batch: int, limit: float = math.inf,
                 name: str = "throughput") -> Budget:
     """Seconds of one whole generation (prefill + decode_len decode steps) at `batch`."""
@@ -181,7 +202,7 @@ def time_budget(rt: Runtime, batch: int, limit: float = math.inf,
     coef = _per_variant(rt, lambda s, v: rt.latency[s, v, batch, "prefill"]
                         + D * rt.latency[s, v, batch, "decode"])
     const = rt.overhead_latency[batch, "prefill"] + D * rt.overhead_latency[batch, "decode"]
-    return Budget(name, coef, const, limit)
+    return Budget(name, coef, const, limit, _pair_discounts(rt, batch))
 
 
 def memory_budget(rt: Runtime, batch: int, limit: float = math.inf) -> Budget:

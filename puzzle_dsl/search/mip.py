@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from pyscipopt import SCIP_PARAMSETTING, Model, quicksum
 
@@ -61,22 +61,28 @@ class Problem:
 
 @dataclass(frozen=True)
 class Budget:
-    """constant + sum over layers of coef[subblock][variant] <= limit (same coef at every layer)."""
+    """constant + sum over layers of coef[subblock][variant] + pairs[(attention, ffn)] <= limit
+    (same coefficients at every layer). `pairs` holds what a layer's two choices cost
+    together beyond their sum (llama.cpp: a layer with both no-op is left out, saving the
+    zero FFN its no-op FFN otherwise runs)."""
 
     name: str
     coef: Mapping[str, Mapping[str, float]]
     constant: float = 0.0
     limit: float = math.inf
+    pairs: Mapping[tuple[str, str], float] = field(default_factory=dict)
+
+    def layer_cost(self, a: str, f: str) -> float:
+        return self.coef["attention"][a] + self.coef["ffn"][f] + self.pairs.get((a, f), 0.0)
 
     def total(self, choice: Choice) -> float:
-        return self.constant + sum(self.coef["attention"][a] + self.coef["ffn"][f]
-                                   for a, f in choice)
+        return self.constant + sum(self.layer_cost(a, f) for a, f in choice)
 
     def holds(self, choice: Choice) -> bool:
         return self.total(choice) <= self.limit + REL_TOL * max(abs(self.limit), 1e-12)
 
     def with_limit(self, limit: float) -> Budget:
-        return Budget(self.name, self.coef, self.constant, limit)
+        return replace(self, limit=limit)
 
 
 @dataclass(frozen=True)
@@ -109,10 +115,14 @@ def solve(problem: Problem, budgets: Sequence[Budget] = (), *, avoid: Sequence[C
     model.setPresolve(SCIP_PARAMSETTING.FAST)  # measured faster on benchmarks/mip_scale.py
     var = _choice_vars(model, problem)
     count = _count_vars(model, problem, var)
+    priced = [b for b in budgets if math.isfinite(b.limit)] + ([minimize] if minimize else [])
+    both = _pair_vars(model, var, [p for b in priced for p in b.pairs])
     for b in budgets:
         if math.isfinite(b.limit):
             scale = abs(b.limit) or 1.0  # normalise so SCIP's tolerances are relative
             lhs = quicksum(_coef(b, sub, v) / scale * n for (sub, v), n in count.items())
+            lhs += quicksum(b.pairs[a, f] / scale * w for (_, a, f), w in both.items()
+                            if (a, f) in b.pairs)
             model.addCons(lhs <= (b.limit - b.constant) / scale, name=f"budget_{b.name}")
     if shared is not None:
         for k, prev in enumerate(avoid):
@@ -125,6 +135,8 @@ def solve(problem: Problem, budgets: Sequence[Budget] = (), *, avoid: Sequence[C
     else:
         scale = max(abs(c) for sub in minimize.coef.values() for c in sub.values()) or 1.0
         obj = quicksum(_coef(minimize, sub, v) / scale * n for (sub, v), n in count.items())
+        obj += quicksum(minimize.pairs[a, f] / scale * w for (_, a, f), w in both.items()
+                        if (a, f) in minimize.pairs)
         model.setObjective(obj, "minimize")
     model.optimize()
     status = model.getStatus()
@@ -170,6 +182,22 @@ def _count_vars(model: Model, problem: Problem, var: dict) -> dict:
         model.chgVarBranchPriority(n, 10)
         count[sub, v] = n
     return count
+
+
+def _pair_vars(model: Model, var: dict, pairs) -> dict:
+    """Continuous w[i, a, f] = x[i, a] AND y[i, f] (exact for binary x, y) for each pair a
+    budget prices, at every layer that allows both."""
+    both = {}
+    for a, f in sorted(set(pairs)):
+        for (i, sub, v), x in list(var.items()):
+            if sub == "attention" and v == a and (i, "ffn", f) in var:
+                y = var[i, "ffn", f]
+                w = model.addVar(name=f"w{i}_{a}_{f}", vtype="C", lb=0.0, ub=1.0)
+                model.addCons(w <= x)
+                model.addCons(w <= y)
+                model.addCons(w >= x + y - 1)
+                both[i, a, f] = w
+    return both
 
 
 def _add_diversity(model: Model, var: dict, prev: Choice, shared: int, k: int) -> None:
@@ -224,9 +252,14 @@ def sweep(problem: Problem, budgets: Sequence[Budget], extra: Sequence[Budget],
 
 def separable_min(budget: Budget, problem: Problem) -> float:
     """The smallest total a budget can take with no other constraint (per-layer minimum)."""
+    for sub in SUBBLOCKS:  # a clear error for a variant the budget does not price
+        for i in range(problem.num_layers):
+            for v in problem.options(i, sub):
+                _coef(budget, sub, v)
     return budget.constant + sum(
-        min(_coef(budget, sub, v) for v in problem.options(i, sub))
-        for i in range(problem.num_layers) for sub in SUBBLOCKS)
+        min(budget.layer_cost(a, f) for a in problem.options(i, "attention")
+            for f in problem.options(i, "ffn"))
+        for i in range(problem.num_layers))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from puzzle_dsl.dsl.gguf_types import GGUF_TYPES, LINEAR_FFN, QUANTIZED, WRITTEN
-from puzzle_dsl.export.gguf_vocab import add_tokenizer
+from puzzle_dsl.model.gguf_vocab import add_tokenizer
 
 ZERO_FFN_WIDTH = 256  # a multiple of every quantizer's block, so quantized types still apply
 FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
