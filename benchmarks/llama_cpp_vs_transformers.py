@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from puzzle_dsl.evaluate.measures import generation_benchmark
-from puzzle_dsl.model.gguf import write_gguf
 from puzzle_dsl.model.checkpoint import load_parent
+from puzzle_dsl.model.gguf import write_gguf
 from puzzle_dsl.model.parent import import_parent
 from puzzle_dsl.runtime.llama_cpp_generate import llama_cpp_benchmark
 from puzzle_dsl.runtime.synthetic import sliced_child

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from puzzle_dsl.dsl.gguf_types import LINEAR_FFN
+from puzzle_dsl.model.checkpoint import child_config_from_llama, load_child, load_parent, save_child
 from puzzle_dsl.model.gguf import (
     ZERO_FFN_WIDTH,
     kept_layers,
@@ -17,7 +18,6 @@ from puzzle_dsl.model.gguf import (
     write_gguf,
 )
 from puzzle_dsl.model.gguf_vocab import pre_tokenizer_name
-from puzzle_dsl.model.checkpoint import child_config_from_llama, load_child, load_parent, save_child
 from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
 from puzzle_dsl.runtime.synthetic import sliced_child
 

@@ -120,17 +120,22 @@ STAGE_SPACE = {"attention": {"kv1": {"kind": "gqa", "n_heads_in_group": 6, "laye
                "ffn": {"noop": {"kind": "no_op", "layers": [0, 1]}}}
 
 
-def test_runtime_stage_writes_table_parent_and_hardware(tiny_parent_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["transformers", "llama.cpp"])
+def test_runtime_stage_writes_table_parent_and_hardware(tiny_parent_dir, tmp_path, monkeypatch,
+                                                        engine):
     from puzzle_dsl.pipeline import layout
+    if engine == "llama.cpp":
+        pytest.importorskip("llama_cpp", reason="llama.cpp timings need llama-cpp-python")
     shutil.copytree(tiny_parent_dir, tmp_path / layout.PARENT_DIR)
     monkeypatch.chdir(tmp_path)
-    params = {"runtime": {"device": "cpu", "dtype": "float32", "batch_sizes": [2],
+    params = {"runtime": {"device": "cpu", "engine": engine, "dtype": "float32", "batch_sizes": [2],
                           "prefill_len": 8, "decode_len": 4, "warmup": 0, "repeats": 2,
                           "timing": UNCHECKED.section()},
               "space": STAGE_SPACE}
     _runtime_stage().main(Params.read(params), None)
     table = pl.read_parquet(tmp_path / layout.RUNTIME_DIR / "runtime.parquet")
-    assert set(table["variant"]) == {"kv1", "noop", "overhead"}
+    pair = {"no_op+no_op"} if engine == "llama.cpp" else set()
+    assert set(table["variant"]) == {"kv1", "noop", "overhead"} | pair
     assert table.columns == ["subblock", "variant", "batch_size", "phase", "latency_s",
                              "spread_s", "repeats", "param_bytes", "kv_bytes_per_token"]
     parent = json.loads((tmp_path / layout.RUNTIME_DIR / "parent.json").read_text())
@@ -139,6 +144,7 @@ def test_runtime_stage_writes_table_parent_and_hardware(tiny_parent_dir, tmp_pat
     hardware = json.loads((tmp_path / layout.RUNTIME_DIR / "hardware.json").read_text())
     assert {"cpu", "cores", "torch", "transformers", "threads", "engine", "prefill_len",
             "decode_len", "dtype"} <= set(hardware)
+    assert hardware["engine"].startswith(engine)
     cond = hardware["conditions"]["2"]
     assert {"others_cores", "wait_share", "loadavg_max", "under_load", "rounds"} <= set(cond)
     metrics = json.loads((tmp_path / layout.RUNTIME_METRICS).read_text())

@@ -78,8 +78,7 @@ class LlamaCppSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         from puzzle_dsl.model.gguf import write_gguf
-        from puzzle_dsl.model.llama_cpp import binding
-        from puzzle_dsl.model.llama_cpp import threads as all_cores
+        from puzzle_dsl.model.llama_cpp import binding, context
 
         lc = binding()
         s, eos = self.settings, _eos_ids(self.model, self.tokenizer)
@@ -93,18 +92,14 @@ class LlamaCppSampler:
                                                   lc.llama_model_default_params())
             if not model:
                 raise RuntimeError(f"llama.cpp could not load the parent's GGUF {path}")
-            params = lc.llama_context_default_params()
-            params.n_ctx = s.batch_size * per_seq
-            params.n_batch = params.n_ubatch = s.batch_size * (longest + 1)
-            params.n_seq_max = s.batch_size
-            params.n_threads = params.n_threads_batch = self.threads or all_cores()
-            ctx = lc.llama_init_from_model(model, params)
+            n_batch = s.batch_size * (longest + 1)
+            ctx = context(model, s.batch_size * per_seq, n_batch, s.batch_size, self.threads)
             if not ctx:
                 lc.llama_model_free(model)
                 raise RuntimeError(f"llama.cpp could not make a context of {s.batch_size} "
                                    f"sequences of {per_seq} tokens: lower the source's "
                                    "batch_size or max_new_tokens")
-            batch = lc.llama_batch_init(params.n_batch, 0, 1)
+            batch = lc.llama_batch_init(n_batch, 0, 1)
             try:
                 yield from self._run(lc, ctx, batch, prompts, eos)
             finally:

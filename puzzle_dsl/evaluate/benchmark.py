@@ -54,8 +54,8 @@ def generation_benchmark(models: Mapping[str, torch.nn.Module], *, batch_size: i
     if tokenizer is None:
         raise ValueError("a llama.cpp benchmark needs the tokenizer (the GGUF's vocabulary)")
     from puzzle_dsl.model.gguf import write_gguf
-    from puzzle_dsl.runtime.llama_cpp_generate import LlamaCppGenerator, generation_bench
     from puzzle_dsl.model.llama_cpp import threads as llama_threads
+    from puzzle_dsl.runtime.llama_cpp_generate import LlamaCppGenerator, generation_bench
 
     with tempfile.TemporaryDirectory(prefix="puzzle-benchmark-") as tmp, ExitStack() as stack:
         benches = {}

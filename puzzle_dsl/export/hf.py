@@ -225,8 +225,8 @@ def export_child(child_dir: str | Path, out_dir: str | Path, *, title: str, reci
                  gguf_type: str | None = "f16") -> Path:
     """Write `out_dir` (replaced atomically): the child, README.md, architecture.png and,
     unless gguf_type is None, `<out_dir name>.gguf` for llama.cpp."""
-    from puzzle_dsl.model.gguf import write_gguf
     from puzzle_dsl.model.checkpoint import load_child, save_child
+    from puzzle_dsl.model.gguf import write_gguf
     from puzzle_dsl.pipeline.atomic import atomic_dir
     from puzzle_dsl.search.plots import architecture_plot
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from puzzle_dsl.model.llama_cpp import binding
+from puzzle_dsl.model.llama_cpp import binding, context
 
 
 class LlamaCppGenerator:
@@ -26,12 +26,8 @@ class LlamaCppGenerator:
                                                    lc.llama_model_default_params())
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
-        params = lc.llama_context_default_params()
-        params.n_ctx = batch_size * (prefill_len + decode_len)
-        params.n_batch = params.n_ubatch = batch_size * prefill_len
-        params.n_seq_max = batch_size
-        params.n_threads = params.n_threads_batch = threads
-        self.ctx = lc.llama_init_from_model(self.model, params)
+        self.ctx = context(self.model, batch_size * (prefill_len + decode_len),
+                           batch_size * prefill_len, batch_size, threads)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not make a context for {batch_size} sequences "
                                f"of {prefill_len + decode_len} tokens of {path} (it makes none "

@@ -3,14 +3,14 @@
 llama.cpp runs whole models, not blocks, so every figure comes from probes: models of the
 parent's shape (its tensors cut to size: speed only) made of one anchor layer (the parent's
 attention over the floor FFN: llama.cpp makes no context for a model without attention)
-and K layers that all repeat one pattern.
-- the floor: no attention and an FFN of ZERO_FFN_WIDTH, at K = 1 and K = L. The slope is
+and K = min(L, PROBE_LAYERS) layers that all repeat one pattern (L: the parent's layers).
+- the floor: no attention and an FFN of ZERO_FFN_WIDTH, at 1 and at K layers. The slope is
   that FFN's cost per layer (norm and residual included), the intercept the fixed cost. In
   llama.cpp a no-op FFN *is* such an FFN (zeros) unless the layer's attention is no-op too;
   then the layer is left out of the GGUF (puzzle_dsl.model.gguf): `PAIR_DISCOUNT` rows
   carry that saving for the search;
-- an FFN variant: L layers of it without attention: (time - fixed) / L;
-- an attention variant: L layers of it over the floor FFN: (time - fixed) / L - floor FFN;
+- an FFN variant: K layers of it without attention: (time - fixed) / K;
+- an attention variant: K layers of it over the floor FFN: (time - fixed) / K - floor FFN;
 - the overhead (embeddings, final norm, LM head, greedy token choice, batch bookkeeping):
   the fixed cost less the anchor layer (the parent's attention + the floor FFN).
 Each probe is timed as a prefill (a 1-token generation) and a full one of decode_len tokens;
@@ -53,6 +53,9 @@ from puzzle_dsl.runtime.synthetic import sliced_child
 
 NO_ATTENTION = block_piece("attention", {"kind": "no_op"})
 FLOOR_FFN = block_piece("ffn", {"kind": "swiglu", "intermediate_size": ZERO_FFN_WIDTH})
+# Layers per probe: on SmolLM2 / 2 cores a probe of 8 layers takes ~5 s a round at batch 16 x
+# (128 + 128) where one of all 30 takes ~11 s, and a 1% timing error is still 2% of a layer
+PROBE_LAYERS = 8
 PAIR_DISCOUNT = "no_op+no_op"  # subblock `pair`: the saving of a layer left out entirely
 GGUF_TYPE = {"float32": "f32", "float16": "f16", "bfloat16": "f16"}
 
@@ -109,7 +112,7 @@ def measure_runtime_llama_cpp(parent, tokenizer, space: dict, sc: Scenario,
     """As puzzle_dsl.runtime.measure.measure_runtime, timed in llama.cpp: rows of every variant
     of `space` (+ `extra` pieces), the overhead and the `pair` discount, per batch size."""
     config, named, dtype = parent.config, _named(space, extra), torch_dtype(sc)
-    n, kind = config.num_hidden_layers, gguf_type(sc)
+    n, kind = min(config.num_hidden_layers, PROBE_LAYERS), gguf_type(sc)
     attention = parent_piece("attention", parent_shape_of(config))
     if n < 2:
         raise ValueError("llama.cpp runtime probes need a parent of at least 2 layers")
