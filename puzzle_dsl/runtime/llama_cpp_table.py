@@ -79,30 +79,36 @@ def _probes(named, num_layers: int, parent_attention: dict) -> dict[tuple, list[
     return probes
 
 
+def _phase_costs(t: dict, named, n: int, parent_attention: dict) -> dict:
+    """{("overhead",), ("block", key), ("pair",): seconds} of one phase from probe times `t`."""
+    floor_ffn = max(0.0, (t["floor", n] - t["floor", 1]) / (n - 1))
+    fixed = t["floor", 1] - floor_ffn
+
+    def cost(subblock: str, piece: dict) -> float:
+        if piece == NO_ATTENTION:
+            return 0.0
+        if subblock == "ffn" and (piece == FLOOR_FFN or piece.get("no_op")):
+            return floor_ffn
+        per_layer = (t["block", _key(subblock, piece)] - fixed) / n
+        return max(0.0, per_layer - (floor_ffn if subblock == "attention" else 0.0))
+
+    out = {("overhead",): max(0.0, fixed - cost("attention", parent_attention) - floor_ffn),
+           ("pair",): -floor_ffn}
+    for subblock, _, piece in named:
+        out["block", _key(subblock, piece)] = cost(subblock, piece)
+    return out
+
+
 def _derive(raw: dict, named, num_layers: int, steps: int, parent_attention: dict) -> dict:
     """Per-block figures of one round from its probe timings: the keys of measure.py's rounds
-    (("overhead", phase), ("block", key, phase)), plus the parent's end-to-end time."""
-    out, n = {}, num_layers
+    (("overhead", phase), ("block", key, phase)), ("pair", phase), the parent's end-to-end."""
     probes = {k[0] for k in raw if k != PARENT_RUN}
+    out = {PARENT_RUN: raw[PARENT_RUN]}
     for ph in ("prefill", "decode"):
         t = {k: (raw[k, "full"] - raw[k, "prefill"]) / steps if ph == "decode"
              else raw[k, "prefill"] for k in probes}
-        floor_ffn = max(0.0, (t["floor", n] - t["floor", 1]) / (n - 1))
-        fixed = t["floor", 1] - floor_ffn
-
-        def cost(subblock: str, piece: dict) -> float:
-            if piece == NO_ATTENTION:
-                return 0.0
-            if subblock == "ffn" and (piece == FLOOR_FFN or piece.get("no_op")):
-                return floor_ffn
-            per_layer = (t["block", _key(subblock, piece)] - fixed) / n
-            return max(0.0, per_layer - (floor_ffn if subblock == "attention" else 0.0))
-
-        out["overhead", ph] = max(0.0, fixed - cost("attention", parent_attention) - floor_ffn)
-        for subblock, _, piece in named:
-            out[("block", _key(subblock, piece), ph)] = cost(subblock, piece)
-        out["pair", ph] = -floor_ffn
-    out[PARENT_RUN] = raw[PARENT_RUN]
+        for key, seconds in _phase_costs(t, named, num_layers, parent_attention).items():
+            out[key + (ph,)] = seconds
     return out
 
 
