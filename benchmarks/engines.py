@@ -1,14 +1,14 @@
-"""A finished pipeline's children in both engines, and the search it would make for llama.cpp.
+"""A finished pipeline's children in both engines, and the search the other engine would make.
 
     python benchmarks/engines.py --pipeline pipelines/dev [--repeats 3] [--skip-search]
 
 1. Times the parent and every distilled child of the pipeline (artifacts/gkd/*) in
    transformers and in llama.cpp (f32 GGUFs), each engine's models interleaved in guarded
    rounds (the benchmark stage's code): measured speedups per engine.
-2. Measures the runtime table in llama.cpp for the pipeline's own space and scenario (the
-   runtime stage's code with engine="llama.cpp"), runs the search stage on it over the
-   pipeline's scores and library, and prints what each existing child is *predicted* to gain
-   in llama.cpp (to set beside step 1's measurement) and which children llama.cpp's table picks.
+2. Measures the runtime table in the *other* engine for the pipeline's own space and scenario
+   (the runtime stage's code), runs the search stage on it over the pipeline's scores and
+   library, and prints what each existing child is *predicted* to gain there (to set beside
+   step 1's measurement) and which children that engine's table would pick.
 Runs in a temporary folder; the pipeline's files are only read. Measure on an idle machine.
 """
 
@@ -57,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pipeline", type=Path, required=True)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--skip-search", action="store_true", help="no other-engine search")
     ap.add_argument("--skip-timing", action="store_true")
     args = ap.parse_args()
     pipeline = args.pipeline.resolve()
@@ -76,16 +76,18 @@ def main() -> None:
             print(f"{engine}: {c['engine']}, {c.get('threads')} threads, "
                   f"under load: {c.get('under_load')}")
     if not args.skip_search:
-        search_for_llama_cpp(pipeline)
+        search_for_the_other_engine(pipeline)
 
 
-def search_for_llama_cpp(pipeline: Path) -> None:
+def search_for_the_other_engine(pipeline: Path) -> None:
     from puzzle_dsl.dsl.params import Params
     from puzzle_dsl.pipeline import layout
     from puzzle_dsl.search.constraints import load_problem, load_runtime, predict
 
     raw = yaml.safe_load((pipeline / "params.yaml").read_text())
-    raw["runtime"]["engine"] = "llama.cpp"
+    own = raw["runtime"].get("engine", "transformers")
+    other = "transformers" if own == "llama.cpp" else "llama.cpp"
+    raw["runtime"]["engine"] = other
     params = Params.read(raw)
     old = json.loads((pipeline / layout.SEARCH_DIR / "solutions.json").read_text())
     cwd = os.getcwd()
@@ -103,8 +105,8 @@ def search_for_llama_cpp(pipeline: Path) -> None:
             space = params.space.specs()
             problem = load_problem(space, params.search.objective)
             rt = load_runtime(space, layout.RUNTIME_DIR, params.runtime.section())
-            print("\nllama.cpp runtime table:", json.dumps(runtime))
-            print("| child | predicted in transformers (its search) | predicted in llama.cpp |")
+            print(f"\n{other} runtime table:", json.dumps(runtime))
+            print(f"| child | predicted in {own} (its search) | predicted in {other} |")
             print("|---|---|---|")
             for sol in old["solutions"]:
                 choice = tuple((layer["attention"], layer["ffn"]) for layer in sol["layers"])
@@ -112,7 +114,7 @@ def search_for_llama_cpp(pipeline: Path) -> None:
                 print(f"| {sol['name']} | {sol['predicted']['speedup']:.2f} | {p['speedup']:.2f} |")
             _stage("search").main(params, None)
             new = json.loads(Path(layout.SEARCH_DIR, "solutions.json").read_text())
-            print("\nthe llama.cpp table's own children:")
+            print(f"\nthe {other} table's own children:")
             for sol in new["solutions"]:
                 kinds = [(layer["attention"], layer["ffn"]) for layer in sol["layers"]]
                 no_attn = sum(space["attention"][a]["kind"] == "no_op" for a, _ in kinds)
