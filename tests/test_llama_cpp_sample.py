@@ -48,3 +48,15 @@ def test_nucleus_sampling_keeps_only_the_top_mass():
     assert draws == {0}
     draws = {sample_token(logits, 1.0, 0.85, rng) for _ in range(400)}
     assert draws == {0, 1}
+
+
+def test_a_plain_transformers_parent_samples_too(tiny_parent_dir):
+    """The corpus stage loads the parent with AutoModelForCausalLM, not the child class."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_parent_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_parent_dir)
+    sampler = LlamaCppSampler(model, tokenizer, Generated(batch_size=2, max_new_tokens=6),
+                              PROMPTS, threads=1)
+    first = next(iter(sampler))
+    assert first[-1] == tokenizer.eos_token_id

@@ -166,13 +166,28 @@ def quantize(src: str | Path, dst: str | Path, gguf_type: str, threads: int = 0)
     return Path(dst)
 
 
+def as_nemotron_nas(model):
+    """`model` in the child class: a plain transformers Llama (a parent) is re-wrapped with the
+    same tensors (the parent's blocks in every layer); a child is returned as it is."""
+    from puzzle_dsl.model.checkpoint import child_config_from_llama
+    from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
+
+    if isinstance(model, NemotronNasForCausalLM):
+        return model
+    child = NemotronNasForCausalLM(child_config_from_llama(model.config)).eval()
+    child.load_state_dict(model.state_dict())
+    return child
+
+
 def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16",
                name: str = "puzzle-child") -> Path:
-    """Write `model` (NemotronNasForCausalLM, any dtype) and its tokenizer as one GGUF file.
+    """Write `model` (NemotronNasForCausalLM or a transformers Llama, any dtype) and its
+    tokenizer as one GGUF file.
 
     gguf_type: "f32", "f16" (written here) or a llama.cpp quantized type (QUANTIZED), which is
     quantized from an f32 file. The file appears only when complete.
     """
+    model = as_nemotron_nas(model)
     if gguf_type not in GGUF_TYPES:
         raise ValueError(f"GGUF type {gguf_type!r} is not one of {list(GGUF_TYPES)}")
     problems = refusals(model.config)
