@@ -60,6 +60,7 @@ class LlamaCppSampler:
     threads: int | None = None
     new_tokens: int = field(default=0, init=False)
     seconds: float = field(default=0.0, init=False)
+    batches: int = field(default=0, init=False)  # llama_decode calls (ParentSampler: generates)
 
     @property
     def tokens_per_s(self) -> float:
@@ -126,6 +127,7 @@ class LlamaCppSampler:
                     entries.append((j, slots[j].answer[-1:], slots[j].pos))
             start = time.perf_counter()
             rows = self._decode(lc, ctx, batch, entries)
+            self.batches += 1
             logits = {j: np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, i), shape=(vocab,))
                       for j, i in rows.items()}
             finished = []
