@@ -33,7 +33,8 @@ def _stage(name: str):
     return module
 
 
-def time_children(pipeline: Path, repeats: int) -> dict[str, dict]:
+def time_children(pipeline: Path, repeats: int, engines=("transformers", "llama.cpp")
+                  ) -> dict[str, dict]:
     from puzzle_dsl.dsl.params import Params
     from puzzle_dsl.evaluate.benchmark import generation_benchmark
     from puzzle_dsl.model.checkpoint import load_child, load_parent
@@ -45,7 +46,7 @@ def time_children(pipeline: Path, repeats: int) -> dict[str, dict]:
     models = {"parent": parent} | {c: load_child(pipeline / layout.gkd_dir(c))[0]
                                    for c in params.report.children}
     out = {}
-    for engine in ("transformers", "llama.cpp"):
+    for engine in engines:
         out[engine] = generation_benchmark(
             models, batch_size=cfg.batch_size, prefill_len=cfg.prefill_len,
             decode_len=cfg.decode_len, repeats=repeats, timing=cfg.timing.section(),
@@ -59,18 +60,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-search", action="store_true", help="no other-engine search")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--engine", action="append", choices=["transformers", "llama.cpp"],
+                    help="time in this engine only (repeatable; default both)")
     args = ap.parse_args()
     pipeline = args.pipeline.resolve()
     if not args.skip_timing:
-        timed = time_children(pipeline, args.repeats)
-        print("| model | transformers tok/s | speedup | llama.cpp tok/s | speedup |")
-        print("|---|---|---|---|---|")
-        for name, fig in timed["transformers"]["models"].items():
-            lc = timed["llama.cpp"]["models"][name]
-            print(f"| {name} | {fig['generation_tokens_per_s']:.1f} | "
-                  f"{fig.get('speedup', 1.0):.2f} ± {fig.get('speedup_spread', 0.0):.2f} | "
-                  f"{lc['generation_tokens_per_s']:.1f} | "
-                  f"{lc.get('speedup', 1.0):.2f} ± {lc.get('speedup_spread', 0.0):.2f} |")
+        engines = tuple(args.engine or ("transformers", "llama.cpp"))
+        timed = time_children(pipeline, args.repeats, engines)
+        print("| model | " + " | ".join(f"{e} tok/s | speedup" for e in engines) + " |")
+        print("|---|" + "---|---|" * len(engines))
+        for name in timed[engines[0]]["models"]:
+            cells = []
+            for e in engines:
+                fig = timed[e]["models"][name]
+                cells += [f"{fig['generation_tokens_per_s']:.1f}",
+                          f"{fig.get('speedup', 1.0):.2f} ± {fig.get('speedup_spread', 0.0):.2f}"]
+            print(f"| {name} | " + " | ".join(cells) + " |")
         for engine, res in timed.items():
             c = res["conditions"]
             print(f"{engine}: {c['engine']}, {c.get('threads')} threads, "
