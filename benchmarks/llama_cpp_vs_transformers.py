@@ -61,7 +61,7 @@ def main() -> None:
     settings = {"batch_size": args.batch, "prefill_len": args.prefill,
                 "decode_len": args.decode, "repeats": args.repeats}
     torch.set_num_threads(args.threads)
-    hf = generation_benchmark(models, **settings)
+    hf = generation_benchmark(models, **settings)["models"]
     lc = llama_cpp_benchmark(paths, **settings, threads=args.threads,
                              vocab_size=parent.config.vocab_size)
     print(f"greedy generation, {settings}, {args.threads} thread(s), llama.cpp {args.gguf_type}")
