@@ -30,7 +30,9 @@ recipe = Recipe(
     # timings of a tiny model are plumbing here: recorded with their conditions, not guarded
     scenario=Scenario(device="cpu", dtype="float32", batch_sizes=[2], prefill_len=16,
                       decode_len=16, warmup=1, repeats=3, timing=UNGUARDED),
-    search=Search(throughput=Relative(1.2), num_solutions=1, time_limit_s=10, pareto_points=3),
+    # select: the MIP's candidates measured whole (three assembled children, seconds here)
+    search=Search(throughput=Relative(1.2), num_solutions=1, time_limit_s=10, pareto_points=3,
+                  select=Select(candidates=3)),
     gkd=GKD(tokens=1_024, batch_size=4, lr=1e-3, checkpoint_every=10),
     evaluation=Evaluation(batch_size=4, benchmark=Benchmark(batch_size=2, prefill_len=16,
                                                             decode_len=16, timing=UNGUARDED)),

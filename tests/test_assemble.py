@@ -90,3 +90,20 @@ def test_library_with_wrong_shapes_is_refused(tiny_parent_dir, tmp_path):
     solution["block_configs"][0]["ffn"]["intermediate_size"] = 96  # library was built for 64
     with pytest.raises(AssemblyError, match="wrong shapes"):
         assemble_child(tiny_parent_dir, solution, root=tmp_path)
+
+
+def test_select_measures_each_candidate_whole_against_the_parent(tiny_parent_dir, tmp_path):
+    import numpy as np
+
+    from puzzle_dsl.search.select import measure
+
+    same = [("attn_parent", "ffn_parent")] * 4
+    cut = [("attn_linear", "ffn_i64"), ("attn_noop", "ffn_noop")] * 2
+    write_library(tmp_path, tiny_parent_dir, make_solution(cut))
+    space = {sub: {n: dict(spec, layers=list(range(4))) for n, spec in variants.items()}
+             for sub, variants in VARIANTS.items()}
+    rows = np.random.default_rng(0).integers(0, 256, size=(3, 16)).astype(np.int32)
+    got = measure([tuple(same), tuple(cut)], space, str(tiny_parent_dir), rows, root=str(tmp_path))
+    assert got[0]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert got[0]["top1_agreement"] == 1.0
+    assert got[1]["kl"] > 0.01 and got[1]["tokens"] == rows.size

@@ -123,3 +123,53 @@ def test_every_real_stage_program_fingerprints_quickly():
     for program in sorted(p.stem for p in (root / "stages").glob("*.py")):
         prints = fingerprint(program, root)
         assert f"stages.{program}:main" in prints
+
+
+SCHEMAS = '''from puzzle_dsl.dsl.schema import Schema
+
+
+class Gkd(Schema):
+    lr: float = 1e-4
+
+    def steps(self, tokens):
+        return tokens // 4
+
+
+class Search(Schema):
+    num_solutions: int = 3
+
+
+class Params(Schema):
+    gkd: Gkd
+    search: Search
+'''
+GKD_PROGRAM = '''from puzzle_dsl.dsl.params import Params
+
+
+def main(params: Params, item):
+    return params.gkd.steps(8)
+'''
+
+
+@pytest.fixture
+def schema_tree(tree: Path) -> Path:
+    dsl = tree / "puzzle_dsl" / "dsl"
+    dsl.mkdir()
+    (dsl / "__init__.py").write_text("")
+    (dsl / "schema.py").write_text("class Schema:\n    def section(self):\n        return {}\n")
+    (dsl / "params.py").write_text(SCHEMAS)
+    (tree / "stages" / "gkd.py").write_text(GKD_PROGRAM)
+    return tree
+
+
+def test_a_new_field_in_another_params_section_keeps_the_fingerprint(schema_tree):
+    before = fingerprint("gkd", schema_tree)
+    edit(schema_tree / "puzzle_dsl" / "dsl" / "params.py", "    num_solutions: int = 3\n",
+         "    num_solutions: int = 3\n    select: int | None = None\n")
+    assert fingerprint("gkd", schema_tree) == before  # params.yaml carries fields; DVC tracks it
+
+
+def test_a_schema_method_counts_as_code(schema_tree):
+    before = fingerprint("gkd", schema_tree)
+    edit(schema_tree / "puzzle_dsl" / "dsl" / "params.py", "tokens // 4", "tokens // 8")
+    assert fingerprint("gkd", schema_tree) != before

@@ -39,6 +39,7 @@ from puzzle_dsl.dsl.recipe import (
     RecipeError,
     Search,
     SearchSpace,
+    Select,
     Task,
     TextFile,
     Uniform,
@@ -197,6 +198,15 @@ def test_paper_init_bld_stages_do_not_track_calibration_and_search_reads_the_lib
     assert stages["bld-attn_kv1"].params == ["bld.common", "space.attention.attn_kv1"]
     assert {layout.library_dir("attn_kv1"), layout.library_dir("ffn_i768")} <= set(
         stages["search"].deps)  # its quality.json (deterministic, unlike the timed metrics)
+
+
+def test_measured_selection_makes_the_search_read_the_parent_and_the_corpus():
+    plain = {s.name: s for s in build_pipeline(smol()).stages}["search"]
+    assert layout.PARENT_DIR not in plain.deps  # the MIP alone reads tables only
+    measured = build_pipeline(smol(search=Search(select=Select(candidates=4))))
+    search = {s.name: s for s in measured.stages}["search"]
+    assert {layout.PARENT_DIR, layout.CORPUS_DIR} <= set(search.deps)
+    assert measured.params["search"]["select"] == {"candidates": 4}
 
 
 def test_one_stage_per_variant_and_per_solution_not_per_layer():

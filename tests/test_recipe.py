@@ -27,6 +27,7 @@ from puzzle_dsl.dsl.recipe import (
     Scoring,
     Search,
     SearchSpace,
+    Select,
     Timing,
     UniformWidth,
     load_recipe,
@@ -169,6 +170,14 @@ def test_objective_follows_the_scoring_metric_by_default():
 def test_fixed_architecture_must_be_one_solution():
     with pytest.raises(RecipeError, match="num_solutions=1"):
         Search(fixed=DropLayers(layers=[1]))
+
+
+def test_measured_selection_needs_the_mip_and_enough_candidates():
+    assert Search(select=Select()).select.candidates == 6
+    with pytest.raises(RecipeError, match="fixed architecture has none"):
+        Search(num_solutions=1, fixed=DropLayers(layers=[1]), select=Select())
+    with pytest.raises(RecipeError, match="raise candidates"):
+        Search(num_solutions=3, select=Select(candidates=2))
 
 
 def test_baselines_are_uniform_width_or_depth_pruning_with_distinct_names():

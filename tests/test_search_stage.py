@@ -361,3 +361,44 @@ def test_blocks_bld_flags_as_worse_than_no_op_are_dropped_and_named(tables, monk
     assert "dropped attention variant attn_kv1 at layers [0, 2, 4]" in capsys.readouterr().out
     for sol in out["solutions"]:  # the baseline too
         assert not {i for i, (a, _) in enumerate(layers_of(sol)) if a == "attn_kv1"} & {0, 2, 4}
+
+
+def _problem_and_cases(root: Path, monkeypatch, throughput: float = 1.5):
+    from puzzle_dsl.search.constraints import budgets_at, load_problem, load_runtime
+
+    monkeypatch.chdir(root)
+    search = SearchParams(objective="kl", throughput={"relative": throughput})
+    problem = load_problem(SPACE, "kl")
+    rt = load_runtime(SPACE)
+    return problem, {b: budgets_at(rt, search, b) for b in sorted(BATCHES, reverse=True)}
+
+
+def test_select_proposes_the_optimum_then_optima_with_more_attention_layers(tables, monkeypatch):
+    from puzzle_dsl.search import mip, select
+
+    problem, cases = _problem_and_cases(tables, monkeypatch)
+    found = select.propose(problem, cases, SPACE, 4)
+    best = min((mip.solve(problem, b) for b in cases.values()), key=lambda r: r.objective)
+    assert found[0].choice == best.choice
+    mixing = [select.mixing_layers(c.choice, SPACE) for c in found]
+    assert mixing == sorted(mixing) and len(set(mixing)) == len(mixing) > 1
+    for c in found:  # every candidate meets the constraints and the floor it was asked for
+        assert all(b.holds(c.choice) for b in cases[c.batch])
+        assert select.mixing_layers(c.choice, SPACE) >= c.min_mixing
+    assert len({c.choice for c in found}) == len(found)
+
+
+def test_select_floors_spread_over_the_reachable_range():
+    from puzzle_dsl.search.select import floors
+
+    assert floors(3, 27, 5) == [9, 15, 21, 27]
+    assert floors(3, 4, 6) == [4]
+    assert floors(5, 5, 6) == [] and floors(0, 10, 1) == []
+
+
+def test_mixing_budget_counts_gqa_layers_only():
+    from puzzle_dsl.search.select import mixing_budget, mixing_layers
+
+    choice = (("attn_kv3", "ffn_i1536"), ("attn_linear", "ffn_i768"), ("attn_kv1", "ffn_noop"))
+    assert mixing_layers(choice, SPACE) == 2
+    assert mixing_budget(SPACE, 2).holds(choice) and not mixing_budget(SPACE, 3).holds(choice)

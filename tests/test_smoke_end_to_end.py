@@ -66,6 +66,16 @@ def test_every_child_meets_every_search_constraint_recomputed_from_the_tables(sm
         assert math.isclose(problem.score(choice), sol["predicted"]["score"], rel_tol=1e-9)
 
 
+def test_selection_keeps_the_candidates_of_lowest_measured_kl(smoke_pipeline):
+    saved = json.loads((smoke_pipeline.root / layout.SEARCH_DIR / "solutions.json").read_text())
+    table = saved["scenario"]["candidates"]  # lowest measured KL first
+    assert len(table) >= 1 and [r["kl"] for r in table] == sorted(r["kl"] for r in table)
+    chosen = [r for r in table if r["chosen"]]
+    assert len(chosen) == smoke_pipeline.pipeline.params["search"]["num_solutions"]
+    sol0 = saved["solutions"][0]
+    assert sol0["measured"]["kl"] == table[0]["kl"] and sol0["measured"]["tokens"] > 0
+
+
 def test_children_share_at_most_the_layers_diversity_allows(smoke_pipeline):
     search = smoke_pipeline.pipeline.params["search"]
     layers = [[tuple(layer.values()) for layer in s["layers"]]

@@ -11,6 +11,12 @@ fingerprint changes (the idea Hamilton applies to functions).
 Reachability is conservative: a module's top-level statements that are not definitions
 (imports, constants, registries) always count, a class counts whole, and modules that are
 shipped as data (the child's remote code, copied into every checkpoint) count byte for byte.
+One exception: the field declarations of a recipe schema (a `Schema` subclass, dsl/schema.py)
+do not count. They are the shape of params.yaml, which DVC already tracks per stage through
+its params sections (every field, defaults included, is compiled into the file), so adding a
+field to one section reruns only the stages whose params change, not every stage that reads
+params.yaml. The fields are still followed (their types' methods count), and the schema's
+methods and validators count as code.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = "puzzle_dsl"
+SCHEMA_BASE = ("puzzle_dsl.dsl.schema", "Schema")  # whose subclasses' fields are params data
 # Copied verbatim into outputs (checkpoints carry them as remote code): every byte matters.
 SHIPPED_AS_DATA = ("puzzle_dsl.model.nemotron_nas",)
 
@@ -250,13 +257,47 @@ class _Program:
                 self.module(imported)
 
     def add(self, module: str, key: str, node: ast.AST) -> None:
-        text = _normalised(node)
+        hashed = node
+        if isinstance(node, ast.ClassDef) and self.is_schema(module, node):
+            hashed = _without_fields(node)
+        text = _normalised(hashed)
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         qual = f"{module}:{key}" + (f" {digest[:8]}" if key == "<top>" else "")
         if qual in self.hashes:
             return
         self.hashes[qual] = digest
         self.todo.append((module, node))
+
+    def definition(self, module: str, name: str, depth: int = 0) -> tuple[str, ast.AST] | None:
+        """(module, statement) that `name` means inside `module`, through imports."""
+        mod = self.module(module)
+        if mod is None or depth > 20:
+            return None
+        if name in mod.definitions:
+            return module, mod.definitions[name]
+        target = mod.bindings.get(name)
+        if target is None:
+            for star in mod.stars:
+                found = self.definition(star, name, depth + 1)
+                if found:
+                    return found
+            return None
+        target_module, target_name = target
+        if target_name is None or not target_module.startswith(PACKAGE):
+            return None
+        return self.definition(target_module, target_name, depth + 1)
+
+    def is_schema(self, module: str, node: ast.ClassDef, depth: int = 0) -> bool:
+        """Whether the class derives from dsl.schema.Schema (resolved through the bases)."""
+        if (module, node.name) == SCHEMA_BASE:
+            return True
+        for base in node.bases:
+            if not isinstance(base, ast.Name) or depth > 20:
+                continue
+            found = self.definition(module, base.id)
+            if found and isinstance(found[1], ast.ClassDef) and self.is_schema(*found, depth + 1):
+                return True
+        return False
 
     def resolve(self, module: str, name: str, attr: str | None = None) -> None:
         """Follow `name` (or `name.attr`) as used inside `module` to the definition it means."""
@@ -296,6 +337,14 @@ class _Program:
                     self.resolve(module, sub.value.id, sub.attr)
                 elif isinstance(sub, ast.Name):
                     self.resolve(module, sub.id)
+
+
+def _without_fields(node: ast.ClassDef) -> ast.ClassDef:
+    """A schema class as hashed: its body without the annotated field declarations."""
+    body = [stmt for stmt in node.body if not isinstance(stmt, ast.AnnAssign)]
+    return ast.ClassDef(name=node.name, bases=node.bases, keywords=node.keywords,
+                        body=body or [ast.Pass()], decorator_list=node.decorator_list,
+                        type_params=getattr(node, "type_params", []))
 
 
 def fingerprint(program: str, root: Path) -> dict[str, str]:

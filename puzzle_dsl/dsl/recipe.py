@@ -35,7 +35,7 @@ __all__ = [
     "DropLayers",
     "Evaluation", "Fixed", "Generated", "HFDataset", "JsonlFile", "LinearAttention",
     "LinearFFN", "NoOpAttention", "NoOpFFN", "Parent", "ParentShape", "ParquetFile", "Recipe",
-    "RecipeError", "Relative", "Scenario", "Scoring", "Search", "SearchSpace", "Task",
+    "RecipeError", "Relative", "Scenario", "Scoring", "Search", "SearchSpace", "Select", "Task",
     "TextFile", "Timing", "Uniform", "UniformWidth", "load_recipe", "sanitize",
 ]
 
@@ -534,6 +534,21 @@ class DepthPruning(_Checks):
 BASELINES = (UniformWidth, DepthPruning)
 
 
+class Select(Schema):
+    """Choose the children by measurement, not by the summed replace-1-block scores alone.
+
+    The scores add up each block's cost as if it were alone; blocks removed together cost more
+    (with most attention layers made token-mixing-free, long-range tasks collapse while each
+    swap alone looks cheap). With `select`, the MIP proposes `candidates` architectures at the
+    constraints: its optimum, then optima that keep at least k attention layers of the GQA
+    kind, for k spread up to the most the constraints allow. Each is assembled from the block
+    library and its KL to the parent measured on the corpus' score split (whole model, so
+    interactions count); the `num_solutions` lowest become the children.
+    Also params.yaml `search.select`."""
+
+    candidates: Int(ge=2) = 6
+
+
 class SearchLimits(Schema):
     """The search settings that params.yaml `search` holds as the recipe wrote them."""
 
@@ -544,6 +559,7 @@ class SearchLimits(Schema):
     diversity_alpha: Num(ge=0.0, le=1.0) = 0.8
     pareto_points: Int(ge=0) = 10
     time_limit_s: Num(gt=0.0) = 60
+    select: Select | None = None
 
 
 class Search(SearchLimits, _Checks):
@@ -576,6 +592,12 @@ class Search(SearchLimits, _Checks):
                           "choose another name=")
         if self.baselines and self.fixed is not None:
             self.fail("baselines need the search: drop fixed= or the baselines")
+        if self.select is not None and self.fixed is not None:
+            self.fail("select chooses among the MIP's candidates; a fixed architecture has "
+                      "none: drop fixed= or select=", "select")
+        if self.select is not None and self.select.candidates < self.num_solutions:
+            self.fail(f"select.candidates={self.select.candidates} is fewer than "
+                      f"num_solutions={self.num_solutions}: raise candidates", "select")
 
 
 # ---------------------------------------------------------------------------- GKD / evaluation

@@ -40,8 +40,11 @@ def search_children(search: SearchParams, space: Mapping, runtime: Mapping | Non
     t0 = time.perf_counter()
     problem = load_problem(space, search.objective, drop=flagged_blocks(space))
     rt = load_runtime(space, layout.RUNTIME_DIR, runtime)
+    candidates = None
     if search.fixed:
         solutions = [fixed_solution(problem, rt, search)]
+    elif search.select:
+        solutions, candidates = selected_solutions(problem, rt, search, space)
     else:
         solutions = mip_solutions(problem, rt, search)
     for k, sol in enumerate(solutions):
@@ -61,6 +64,8 @@ def search_children(search: SearchParams, space: Mapping, runtime: Mapping | Non
                 "parent_tokens_per_s": {str(b): v for b, v in sorted(rt.parent_tps.items())},
                 "max_shared_layers": mip.max_shared(search.diversity_alpha, problem.num_layers),
                 "num_layers": problem.num_layers}
+    if candidates is not None:
+        scenario["candidates"] = candidates
     write_outputs(scenario, solutions, points, space, rt, elapsed)
 
 
@@ -113,6 +118,49 @@ def mip_solutions(problem: Problem, rt: Runtime, search: SearchParams) -> list[d
             raise SearchError(f"solver returned a child violating {sol['constraints']}")
         out.append(sol)
     return out
+
+
+def selected_solutions(problem: Problem, rt: Runtime, search: SearchParams,
+                       space: Mapping) -> tuple[list[dict], list[dict]]:
+    """The num_solutions candidates of lowest measured KL (search.select), and the table of
+    every candidate (search/select.py)."""
+    import numpy as np
+
+    from puzzle_dsl.search import select
+
+    n, limit = search.num_solutions, search.time_limit_s
+    cases = {b: budgets_at(rt, search, b) for b in sorted(rt.batch_sizes, reverse=True)}
+    found = select.propose(problem, cases, space, search.select.candidates, limit)
+    if not found:
+        raise SearchError(explain_infeasible(problem, rt, search, cases, limit))
+    if len(found) < n:
+        raise SearchError(
+            f"only {len(found)} distinct candidates exist for the {n} solutions asked (the "
+            "constraints leave little room between the fewest and the most attention layers): "
+            "lower search.num_solutions or widen the space")
+    rows = np.load(Path(layout.CORPUS_DIR) / "score.npy")
+    print(f"search: measuring {len(found)} candidates on {rows.size:,} score tokens")
+    measured = select.measure([c.choice for c in found], space, layout.PARENT_DIR, rows)
+    records = []
+    for c, m in zip(found, measured, strict=True):
+        sol = solution_record(problem, rt, search, c.choice, c.batch,
+                              {"status": c.result.status, "gap": c.result.gap,
+                               "min_mixing_layers": c.min_mixing})
+        if not sol["constraints_met"]:  # SCIP's tolerance; never expected
+            raise SearchError(f"solver returned a child violating {sol['constraints']}")
+        records.append({**sol, "measured": m,
+                        "mixing_layers": select.mixing_layers(c.choice, space)})
+    order = sorted(range(len(records)), key=lambda j: records[j]["measured"]["kl"])
+    table = [{"candidate": j, "min_mixing_layers": found[j].min_mixing,
+              "mixing_layers": records[j]["mixing_layers"],
+              "predicted_speedup": records[j]["predicted"]["speedup"],
+              "score": records[j]["predicted"]["score"], **records[j]["measured"],
+              "chosen": rank < n} for rank, j in enumerate(order)]
+    for row in sorted(table, key=lambda r: r["candidate"]):
+        print(f"search: candidate {row['candidate']}: {row['mixing_layers']} attention layers, "
+              f"summed score {row['score']:.4g}, measured KL {row['kl']:.4f}"
+              + ("  <- chosen" if row["chosen"] else ""))
+    return [records[j] for j in order[:n]], table
 
 
 def explain_infeasible(problem: Problem, rt: Runtime, search: SearchParams, cases: Mapping,
@@ -213,7 +261,11 @@ def write_outputs(scenario: dict, solutions: list[dict], points: list[dict], spa
                               "speedup": p["speedup"], "memory_gib": p["memory_bytes"] / GIB,
                               "params": p["params"], "batch_size": p["batch_size"],
                               "constraints_met": s["constraints_met"],
-                              **({"baseline": s["baseline"]} if "baseline" in s else {})}
+                              **({"baseline": s["baseline"]} if "baseline" in s else {}),
+                              **({"measured_kl": s["measured"]["kl"]} if "measured" in s else {})}
+    for row in scenario.get("candidates", []):
+        metrics.setdefault("candidates", {})[f"c{row['candidate']}"] = {
+            k: row[k] for k in ("mixing_layers", "predicted_speedup", "score", "kl", "chosen")}
     write_text(layout.SEARCH_METRICS, json.dumps(metrics, indent=2) + "\n")
 
 
