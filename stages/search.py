@@ -21,5 +21,8 @@ from puzzle_dsl.dsl.params import Params
 def main(params: Params, item: str | None = None) -> None:
     from puzzle_dsl.search.solutions import search_children
 
+    measure = None
+    if params.search.select:  # the candidates measured whole: torch, the parent, the library
+        from puzzle_dsl.evaluate.candidates import measure_assembled as measure
     search_children(params.search, params.space.specs(),
-                    params.runtime.section() if params.runtime else None)
+                    params.runtime.section() if params.runtime else None, measure)

@@ -95,7 +95,7 @@ def test_library_with_wrong_shapes_is_refused(tiny_parent_dir, tmp_path):
 def test_select_measures_each_candidate_whole_against_the_parent(tiny_parent_dir, tmp_path):
     import numpy as np
 
-    from puzzle_dsl.search.select import measure
+    from puzzle_dsl.evaluate.candidates import measure_assembled as measure
 
     same = [("attn_parent", "ffn_parent")] * 4
     cut = [("attn_linear", "ffn_i64"), ("attn_noop", "ffn_noop")] * 2

@@ -8,8 +8,9 @@ same constraints, ordered by how many layers keep real (GQA) attention:
   - the optimum with at least k token-mixing layers, for k spread evenly over (k0, k_max],
     k_max being the most the constraints allow.
 Each candidate is assembled from the block library (no training) and its KL to the parent is
-measured over the corpus' score split, whole model at once, so the interactions count. The
-lowest measured KL wins.
+measured over the corpus' score split, whole model at once, so the interactions count
+(evaluate/candidates.py; the stage program hands that measure to the search). The lowest
+measured KL wins.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def floors(k0: int, k_max: int, n: int) -> list[int]:
     if n <= 1 or k_max <= k0:
         return []
     steps = np.linspace(k0, k_max, n)[1:]
-    return sorted({int(round(k)) for k in steps} - {k0})
+    return sorted({round(float(k)) for k in steps} - {k0})
 
 
 def propose(problem: Problem, cases: Mapping[int, Sequence[Budget]], space: Mapping, n: int,
@@ -81,37 +82,10 @@ def propose(problem: Problem, cases: Mapping[int, Sequence[Budget]], space: Mapp
         most = mip.solve(problem, budgets, minimize=mixing_budget(space, 0),
                          time_limit_s=time_limit_s)
         if most is not None:
-            k_max = max(k_max, int(round(-most.objective)))
+            k_max = max(k_max, round(-most.objective))
     found = [Candidate(best[0], best[1], k0)]
     for k in floors(k0, k_max, n):
         got = _best(problem, cases, [mixing_budget(space, k)], time_limit_s)
         if got is not None and all(got[1].choice != c.choice for c in found):
             found.append(Candidate(got[0], got[1], k))
     return found
-
-
-def measure(choices: Sequence[Choice], space: Mapping, parent_dir: str, rows: np.ndarray,
-            batch_size: int = 8, root: str = ".") -> list[dict]:
-    """Each choice assembled from the library: its KL / perplexity / top-1 agreement with the
-    parent over `rows` (evaluate.measures.text_metrics, with 95% intervals)."""
-    import torch
-
-    from puzzle_dsl.dsl.space import block_piece
-    from puzzle_dsl.evaluate.measures import text_metrics
-    from puzzle_dsl.model.assemble import assemble_child
-    from puzzle_dsl.model.checkpoint import load_parent
-
-    parent, _ = load_parent(parent_dir)
-    out = []
-    with torch.no_grad():
-        for choice in choices:
-            solution = {"layers": [{"attention": a, "ffn": f} for a, f in choice],
-                        "block_configs": [
-                {"attention": block_piece("attention", space["attention"][a]),
-                 "ffn": block_piece("ffn", space["ffn"][f])} for a, f in choice]}
-            child, _ = assemble_child(parent_dir, solution, root=root)
-            got = text_metrics({"child": child}, parent, rows, batch_size=batch_size)["child"]
-            out.append({k: got[k] for k in ("kl", "kl_lo", "kl_hi", "perplexity",
-                                            "top1_agreement", "tokens")})
-            del child
-    return out

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from puzzle_dsl.dsl.params import SearchParams
@@ -33,8 +33,11 @@ SCENARIO_KEYS = ("objective", "throughput", "memory_gib", "latency_s", "max_para
                  "num_solutions", "diversity_alpha", "pareto_points", "time_limit_s")
 
 
-def search_children(search: SearchParams, space: Mapping, runtime: Mapping | None) -> None:
-    """The whole search stage: read the tables, choose the children and baselines, write."""
+def search_children(search: SearchParams, space: Mapping, runtime: Mapping | None,
+                    measure: Callable | None = None) -> None:
+    """The whole search stage: read the tables, choose the children and baselines, write.
+    `measure(choices, space, parent_dir, rows)` -> one {kl, ...} per choice: how `select`
+    measures its candidates (evaluate.candidates.measure_assembled)."""
     from puzzle_dsl.search.baselines import baseline_solutions
 
     t0 = time.perf_counter()
@@ -44,7 +47,9 @@ def search_children(search: SearchParams, space: Mapping, runtime: Mapping | Non
     if search.fixed:
         solutions = [fixed_solution(problem, rt, search)]
     elif search.select:
-        solutions, candidates = selected_solutions(problem, rt, search, space)
+        if measure is None:
+            raise ValueError("search.select needs a measure of the assembled candidates")
+        solutions, candidates = selected_solutions(problem, rt, search, space, measure)
     else:
         solutions = mip_solutions(problem, rt, search)
     for k, sol in enumerate(solutions):
@@ -120,8 +125,8 @@ def mip_solutions(problem: Problem, rt: Runtime, search: SearchParams) -> list[d
     return out
 
 
-def selected_solutions(problem: Problem, rt: Runtime, search: SearchParams,
-                       space: Mapping) -> tuple[list[dict], list[dict]]:
+def selected_solutions(problem: Problem, rt: Runtime, search: SearchParams, space: Mapping,
+                       measure: Callable) -> tuple[list[dict], list[dict]]:
     """The num_solutions candidates of lowest measured KL (search.select), and the table of
     every candidate (search/select.py)."""
     import numpy as np
@@ -140,7 +145,7 @@ def selected_solutions(problem: Problem, rt: Runtime, search: SearchParams,
             "lower search.num_solutions or widen the space")
     rows = np.load(Path(layout.CORPUS_DIR) / "score.npy")
     print(f"search: measuring {len(found)} candidates on {rows.size:,} score tokens")
-    measured = select.measure([c.choice for c in found], space, layout.PARENT_DIR, rows)
+    measured = measure([c.choice for c in found], space, layout.PARENT_DIR, rows)
     records = []
     for c, m in zip(found, measured, strict=True):
         sol = solution_record(problem, rt, search, c.choice, c.batch,

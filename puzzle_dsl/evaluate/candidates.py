@@ -1,0 +1,38 @@
+"""Candidate architectures measured whole: each assembled from the block library, its KL to
+the parent on token rows (the search's `select`, search/select.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from puzzle_dsl.evaluate.measures import text_metrics
+from puzzle_dsl.search.mip import Choice
+
+
+def measure_assembled(choices: Sequence[Choice], space: Mapping, parent_dir: str,
+                      rows: np.ndarray, batch_size: int = 8, root: str = ".") -> list[dict]:
+    """Each choice assembled from the library: its KL / perplexity / top-1 agreement with the
+    parent over `rows` (evaluate.measures.text_metrics, with 95% intervals)."""
+    import torch
+
+    from puzzle_dsl.dsl.space import block_piece
+    from puzzle_dsl.model.assemble import assemble_child
+    from puzzle_dsl.model.checkpoint import load_parent
+
+    parent, _ = load_parent(parent_dir)
+    out = []
+    with torch.no_grad():
+        for choice in choices:
+            solution = {"layers": [{"attention": a, "ffn": f} for a, f in choice],
+                        "block_configs": [{"attention": block_piece("attention",
+                                                                    space["attention"][a]),
+                                           "ffn": block_piece("ffn", space["ffn"][f])}
+                                          for a, f in choice]}
+            child, _ = assemble_child(parent_dir, solution, root=root)
+            got = text_metrics({"child": child}, parent, rows, batch_size=batch_size)["child"]
+            out.append({k: got[k] for k in ("kl", "kl_lo", "kl_hi", "perplexity",
+                                            "top1_agreement", "tokens")})
+            del child
+    return out
