@@ -21,9 +21,10 @@ import torch
 
 from puzzle_dsl.bld.calibrate import calibrate, contribution_key
 from puzzle_dsl.bld.loss import normalized_mse
-from puzzle_dsl.bld.train import TrainBatches, VariantJob, make_block, run_block, train
+from puzzle_dsl.bld.train import VariantJob, make_block, run_block, train
 from puzzle_dsl.dsl.recipe import BldCommon
 from puzzle_dsl.model.checkpoint import load_parent
+from puzzle_dsl.train.batches import TrainBatches
 from puzzle_dsl.train.optim import clip_grad_norms, make_optimizer
 
 VARIANTS = {

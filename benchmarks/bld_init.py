@@ -46,9 +46,9 @@ def jobs_for(parent, params: dict, init: str, contributions: dict, train_path: P
     from puzzle_dsl.bld.calibrate import contribution_key
     from puzzle_dsl.bld.refit import least_squares_init
     from puzzle_dsl.bld.train import VariantJob, make_block
-    from puzzle_dsl.corpus.dataset import iter_batches
     from puzzle_dsl.dsl.space import needs_training
     from puzzle_dsl.model.library import parent_shape_of
+    from puzzle_dsl.train.batches import iter_batches
 
     shape, cal = parent_shape_of(parent.config), params["calibrate"]
     jobs, fits = [], {}
@@ -77,10 +77,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from puzzle_dsl.bld.calibrate import calibrate
-    from puzzle_dsl.bld.train import BldSettings, TrainBatches, eval_losses, noop_losses, train
-    from puzzle_dsl.corpus.dataset import iter_batches
+    from puzzle_dsl.bld.train import eval_losses, noop_losses, train
+    from puzzle_dsl.dsl.params import BldRun
     from puzzle_dsl.model.checkpoint import load_parent
     from puzzle_dsl.model.parent import import_parent
+    from puzzle_dsl.train.batches import TrainBatches, iter_batches
 
     params = default_params()
     for variants in params["space"].values():
@@ -111,7 +112,7 @@ def main() -> None:
                     job.init_loss = job.final_loss = {i: next(losses) for i in sorted(job.blocks)}
                 done = "no BLD"
             else:
-                settings = BldSettings(**common, init=init, device="cpu")
+                settings = BldRun(**common, init=init, device="cpu")
                 result = train(parent, jobs, TrainBatches(train_path, settings.batch_size, 0),
                                eval_ids, settings, progress=False)
                 done = f"BLD {result.steps} steps {result.seconds:.0f} s"

@@ -55,7 +55,6 @@ def main(params: Params, item: str | None) -> None:
     import torch
 
     from puzzle_dsl.bld.train import (
-        TrainBatches,
         VariantJob,
         fingerprint_of,
         make_block,
@@ -66,6 +65,7 @@ def main(params: Params, item: str | None) -> None:
     from puzzle_dsl.model.checkpoint import load_parent
     from puzzle_dsl.model.library import parent_shape_of
     from puzzle_dsl.train import distributed
+    from puzzle_dsl.train.batches import TrainBatches, iter_batches
 
     if not item:
         raise ValueError("the bld stage trains one variant: `puzzle-dsl run-stage bld VARIANT`")
@@ -100,14 +100,13 @@ def main(params: Params, item: str | None) -> None:
     fits = {}
     if settings.init == "least_squares":
         from puzzle_dsl.bld.refit import least_squares_init
-        from puzzle_dsl.corpus.dataset import iter_batches
 
         cal = params.calibrate
         if cal is None:
             raise ValueError("bld.common.init least_squares fits on the calibration tokens, but "
                              "this stage does not track the `calibrate` params: recompile")
         fits = least_squares_init(parent, subblock, job.blocks, iter_batches(
-            corpus / "train.npy", cal.batch_size, limit_tokens=cal.tokens))
+            corpus / "train.npy", cal.batch_size, limit_tokens=cal.tokens, key="calibrate.tokens"))
     batches = TrainBatches(corpus / "train.npy", settings.batch_size, settings.seed)
     valid = np.load(corpus / "valid.npy", mmap_mode="r")
     eval_ids = torch.from_numpy(np.asarray(valid[: settings.batch_size], dtype=np.int64))  # (B, T)

@@ -18,13 +18,15 @@ def main(params: Params, item: str | None) -> None:
     from safetensors.torch import save_file
 
     from puzzle_dsl.bld.calibrate import calibrate
-    from puzzle_dsl.corpus.dataset import iter_batches, split_file
+    from puzzle_dsl.corpus.dataset import split_file
     from puzzle_dsl.model.checkpoint import load_parent_on_device
+    from puzzle_dsl.train.batches import iter_batches
 
     cfg = params.calibrate
     train = split_file("train")
     parent = load_parent_on_device(layout.PARENT_DIR)
-    batches = iter_batches(train, cfg.batch_size, limit_tokens=cfg.tokens)
+    batches = iter_batches(train, cfg.batch_size, limit_tokens=cfg.tokens,
+                           key="calibrate.tokens")
     contributions, tokens = calibrate(parent, batches)
     out = Path(layout.CALIBRATION_FILE)
     out.parent.mkdir(parents=True, exist_ok=True)

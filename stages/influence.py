@@ -12,9 +12,10 @@ from puzzle_dsl.pipeline.atomic import write_json
 
 
 def main(params: Params, item: str | None) -> None:
-    from puzzle_dsl.corpus.dataset import iter_batches, split_file
+    from puzzle_dsl.corpus.dataset import split_file
     from puzzle_dsl.model.checkpoint import load_parent_on_device
     from puzzle_dsl.score.influence import block_influence
+    from puzzle_dsl.train.batches import iter_batches
 
     split = split_file("score")
     parent = load_parent_on_device(layout.PARENT_DIR)

@@ -37,11 +37,11 @@ def compute_scores(common: Scoring, subblock: str, spec: dict, name: str
     from puzzle_dsl.score.replace_one_block import (
         METRICS,
         parent_lm_eval,
-        score_batches,
         score_blocks,
         score_lm_eval,
         score_parent,
     )
+    from puzzle_dsl.train.batches import iter_batches
 
     metric = common.metric
     if metric not in METRICS:
@@ -53,8 +53,9 @@ def compute_scores(common: Scoring, subblock: str, spec: dict, name: str
     shape = parent_shape_of(model.config)
 
     def batches():
-        return counted(score_batches(f"{layout.CORPUS_DIR}/score.npy", common.tokens,
-                                     common.batch_size), common.tokens, f"score {name}")
+        return counted(iter_batches(f"{layout.CORPUS_DIR}/score.npy", common.batch_size,
+                                    limit_tokens=common.tokens, key="score.common.tokens"),
+                       common.tokens, f"score {name}")
 
     if is_parent_variant(subblock, spec, shape):  # the unpatched parent, once
         if metric == "lm_eval":

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from puzzle_dsl.bld.loss import normalized_mse
-from puzzle_dsl.bld.train import TrainBatches, VariantJob, make_block, train
+from puzzle_dsl.bld.train import VariantJob, make_block, train
 from puzzle_dsl.dsl.recipe import BldCommon
 from puzzle_dsl.dsl.schema import ParamsError
+from puzzle_dsl.train.batches import TrainBatches
 from puzzle_dsl.train.optim import clip_grad_norms, warmup_cosine
 
 ATTN = {"kind": "gqa", "n_heads_in_group": 6}

@@ -15,12 +15,12 @@ from puzzle_dsl.corpus.dataset import (
     SPLITS,
     CorpusError,
     build_corpus,
-    iter_batches,
     mixture_quotas,
     sha256_file,
 )
 from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.pipeline import layout
+from puzzle_dsl.train.batches import iter_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,7 +199,7 @@ def test_iter_batches_seed_shuffles_the_same_rows(tmp_path):
 def test_iter_batches_rejects_a_limit_beyond_the_corpus(tmp_path):
     path = tmp_path / "train.npy"
     np.save(path, np.zeros((2, 4), dtype=np.int32))
-    with pytest.raises(CorpusError, match="holds 8 tokens, 100 were asked"):
+    with pytest.raises(ValueError, match="holds 8 tokens, 100 were asked"):
         next(iter_batches(path, 1, limit_tokens=100))
 
 

@@ -11,11 +11,11 @@ from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.model.checkpoint import load_parent
 from puzzle_dsl.model.library import build_block, load_block, swapped
 from puzzle_dsl.score.replace_one_block import (
-    score_batches,
     score_blocks,
     score_blocks_naive,
     score_lm_eval,
 )
+from puzzle_dsl.train.batches import iter_batches
 
 LAYERS = [0, 1, 2, 3]
 PARENT_ATTN = {"kind": "gqa", "n_heads_in_group": 2}
@@ -42,7 +42,7 @@ def batches(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "score.npy"
     rng = np.random.default_rng(0)
     np.save(path, rng.integers(0, 512, size=(6, 32), dtype=np.int32))
-    return list(score_batches(path, tokens=6 * 32, batch_size=4))
+    return list(iter_batches(path, 4, limit_tokens=6 * 32))
 
 
 def _random_library(model, subblock: str, spec: dict, out_dir) -> str:
@@ -131,7 +131,7 @@ def test_missing_library_layer_is_a_clear_error(parent, tmp_path):
 def test_score_split_too_small_is_a_clear_error(tmp_path):
     np.save(tmp_path / "score.npy", np.zeros((2, 8), np.int32))
     with pytest.raises(ValueError, match="score.common.tokens"):
-        list(score_batches(tmp_path / "score.npy", tokens=100, batch_size=2))
+        list(iter_batches(tmp_path / "score.npy", 2, limit_tokens=100, key="score.common.tokens"))
 
 
 def test_lm_eval_scoring_gives_accuracies(parent, variant_blocks, shared_data):

@@ -22,26 +22,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from puzzle_dsl.bld.init import init_attention, init_ffn
+from puzzle_dsl.bld.loss import EPS, mse_parts, normalized, normalized_mse
 from puzzle_dsl.dsl.recipe import BldCommon
 from puzzle_dsl.dsl.schema import Schema
 from puzzle_dsl.dsl.space import block_piece
 from puzzle_dsl.model.library import build_block, parent_shape_of
+from puzzle_dsl.pipeline.atomic import atomic_file
 from puzzle_dsl.train import distributed
 from puzzle_dsl.train.optim import clip_grad_norms, make_optimizer, warmup_cosine
 
-EPS = 1e-12  # normalized_mse's
 CHECKPOINT_EVERY = 200  # steps between resume checkpoints
 
 
@@ -60,34 +59,6 @@ class VariantJob:
         """Library tensors: `layers.{i}.<child name>`, contiguous, on the CPU."""
         return {f"layers.{i}.{k}": v.detach().cpu().contiguous()
                 for i, block in sorted(self.blocks.items()) for k, v in block.state_dict().items()}
-
-
-# ---------------------------------------------------------------- data
-class TrainBatches:
-    """Step -> batch of the train split: a seeded permutation per epoch, so any step can be
-    fetched directly (a resumed run reads exactly what an uninterrupted one would)."""
-
-    def __init__(self, path: str | Path, batch_size: int, seed: int):
-        self.data = np.load(path, mmap_mode="r")  # (N, T)
-        if self.data.ndim != 2 or len(self.data) == 0:
-            raise ValueError(f"{path} must be a non-empty int array [n_seq, seq_len]")
-        self.batch_size, self.seed = batch_size, seed
-        self._perms: dict[int, np.ndarray] = {}
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.data.shape[1])
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.data))}
-        return self._perms[epoch]
-
-    def __call__(self, step: int) -> Tensor:
-        n = len(self.data)
-        rows = [self._perm(g // n)[g % n] for g in range(step * self.batch_size,
-                                                         (step + 1) * self.batch_size)]
-        return torch.from_numpy(np.asarray(self.data[rows], dtype=np.int64))  # (B, T)
 
 
 # ---------------------------------------------------------------- blocks
@@ -150,16 +121,6 @@ def run_block(block: nn.ModuleDict, subblock: str, parent_layer: nn.Module, h: T
     return y, h
 
 
-def mse_parts(child_delta: Tensor, parent_delta: Tensor) -> Tensor:
-    """(MSE(parent, child), MSE(parent, 0)): normalized_mse's numerator and denominator.
-
-    Kept apart so ranks can average both over the global batch before dividing: the global
-    loss is mean(num) / (mean(den) + eps), not the mean of per-rank ratios.
-    """
-    num = (parent_delta - child_delta).float().pow(2).mean()
-    return torch.stack([num, parent_delta.detach().float().pow(2).mean()])  # (2,)
-
-
 def layer_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
                  backward: bool) -> Tensor:
     """MSE parts (n_blocks, 2) of one (local) batch, blocks in `block_keys` order; `backward`
@@ -203,7 +164,7 @@ def noop_losses(parent: nn.Module, job: VariantJob, ids: Tensor) -> dict[int, fl
     for i, layer, h, m, o, _, _ in parent_activations(parent, ids, max(job.blocks)):
         if i in job.blocks:
             y, start = (layer.ffn_subblock(h), h) if job.subblock == "attention" else (m, m)
-            out[i] = float(normalized(mse_parts(y - start, o - start)[None])[0])
+            out[i] = float(normalized_mse(y - start, o - start))
     return out
 
 
@@ -217,11 +178,6 @@ def global_parts(parts: Tensor) -> Tensor:
     parts = parts.clone()
     distributed.all_reduce_sum_([parts])
     return parts / distributed.rank_world()[1]
-
-
-def normalized(parts: Tensor) -> Tensor:
-    """Per-block normalized MSE (n_blocks,) from MSE parts (n_blocks, 2), as normalized_mse."""
-    return parts[:, 0] / (parts[:, 1] + EPS)
 
 
 def _local(ids: Tensor) -> Tensor:
@@ -244,10 +200,8 @@ class TrainResult:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int], Tensor],

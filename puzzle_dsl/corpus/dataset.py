@@ -17,12 +17,13 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from puzzle_dsl.pipeline.atomic import atomic_dir
 
 SPLITS = ("train", "score", "valid")
 KINDS = ("generated", "text", "jsonl", "parquet", "hf")
@@ -309,7 +310,7 @@ def split_rows(rows: np.ndarray, quota: dict[str, int], seed: int) -> dict[str, 
     return parts
 
 
-# ---------------------------------------------------------------- store, stream
+# ---------------------------------------------------------------- store
 
 
 def sha256_file(path: str | Path) -> str:
@@ -322,22 +323,14 @@ def sha256_file(path: str | Path) -> str:
 
 def write_corpus(out_dir: str | Path, splits: dict[str, np.ndarray], stats: dict) -> dict:
     """Write {split}.npy + stats.json to `out_dir` atomically (a temp dir, then rename)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split, rows in splits.items():
-        np.save(tmp / f"{split}.npy", np.ascontiguousarray(rows, dtype=np.int32))
-        stats["splits"][split]["sha256"] = sha256_file(tmp / f"{split}.npy")
-    # wall-clock figures go only to the metrics file (corpus_metrics): stats.json is part of
-    # the corpus output every later stage depends on, so its bytes must follow from the inputs
-    (tmp / "stats.json").write_text(json.dumps(_without_timings(stats), indent=2,
-                                               sort_keys=True) + "\n")
-    old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out_dir) as tmp:
+        for split, rows in splits.items():
+            np.save(tmp / f"{split}.npy", np.ascontiguousarray(rows, dtype=np.int32))
+            stats["splits"][split]["sha256"] = sha256_file(tmp / f"{split}.npy")
+        # wall-clock figures go only to the metrics file (corpus_metrics): stats.json is part of
+        # the corpus output every later stage depends on, so its bytes must follow from the inputs
+        (tmp / "stats.json").write_text(json.dumps(_without_timings(stats), indent=2,
+                                                   sort_keys=True) + "\n")
     return stats
 
 
@@ -351,32 +344,6 @@ def _without_timings(stats: dict) -> dict:
 
 def load_stats(corpus_dir: str | Path) -> dict:
     return json.loads((Path(corpus_dir) / "stats.json").read_text())
-
-
-def iter_batches(
-    path: str | Path, batch_size: int, *, seed: int | None = None, limit_tokens: int | None = None
-):
-    """Yield LongTensor batches [B, T] from a split's .npy, memory-mapped (never loaded whole).
-
-    `seed` shuffles the sequence order (None: file order); `limit_tokens` stops after
-    ceil(limit_tokens / T) sequences (the last batch may be smaller).
-    """
-    import torch
-
-    data = np.load(path, mmap_mode="r")  # (N, T)
-    n_seq, seq_len = data.shape
-    order = np.arange(n_seq) if seed is None else np.random.default_rng(seed).permutation(n_seq)
-    if limit_tokens is not None:
-        want = math.ceil(limit_tokens / seq_len)
-        if want > n_seq:
-            raise CorpusError(
-                f"{path} holds {n_seq * seq_len} tokens, {limit_tokens} were asked; "
-                "raise corpus.tokens or lower the stage's tokens"
-            )
-        order = order[:want]
-    for start in range(0, len(order), batch_size):
-        idx = np.sort(order[start : start + batch_size])  # sorted reads are faster on a memmap
-        yield torch.from_numpy(np.asarray(data[idx], dtype=np.int64))  # (B, T)
 
 
 # ---------------------------------------------------------------- the whole build

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from puzzle_dsl.train.losses import next_token_nll, token_kl
+
 
 @torch.no_grad()
 def text_metrics(models: Mapping[str, torch.nn.Module], parent: torch.nn.Module,
@@ -37,9 +39,8 @@ def text_metrics(models: Mapping[str, torch.nn.Module], parent: torch.nn.Module,
             m_log = p_log if model is parent else F.log_softmax(
                 model(input_ids=ids, use_cache=False).logits.float(), -1)
             got = per_row[name]
-            got["kl"] += (p_log.exp() * (p_log - m_log)).sum(-1).mean(-1).tolist()  # (B,)
-            got["lm_loss"] += F.cross_entropy(m_log[:, :-1].transpose(1, 2), ids[:, 1:],
-                                              reduction="none").mean(-1).tolist()
+            got["kl"] += token_kl(p_log, m_log).mean(-1).tolist()  # (B,)
+            got["lm_loss"] += next_token_nll(m_log, ids).mean(-1).tolist()
             got["top1_agreement"] += (m_log.argmax(-1) == p_log.argmax(-1)).float().mean(-1).tolist()
     return {name: _with_intervals(got, int(rows.size)) for name, got in per_row.items()}
 

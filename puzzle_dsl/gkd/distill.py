@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from puzzle_dsl.dsl.recipe import GKD
+from puzzle_dsl.pipeline.atomic import atomic_file
 from puzzle_dsl.pipeline.progress import token_bar
+from puzzle_dsl.train.batches import epoch_rows
 from puzzle_dsl.train.distributed import barrier, mean_across_ranks, rank_slice, rank_world
+from puzzle_dsl.train.losses import next_token_nll, token_kl
 from puzzle_dsl.train.optim import make_optimizer, warmup_cosine_scheduler
 
 PLOT_COLUMNS = ("step", "loss", "cosine", "kl", "lm_loss", "lr", "tokens")
@@ -41,14 +43,13 @@ def cosine_loss(child_h: list[torch.Tensor], parent_h: list[torch.Tensor]) -> to
 
 def kl_loss(parent_logits: torch.Tensor, child_logits: torch.Tensor) -> torch.Tensor:
     """Mean over tokens of KL(parent || child); logits (B, T, V)."""
-    p_log = F.log_softmax(parent_logits.float(), dim=-1)
-    c_log = F.log_softmax(child_logits.float(), dim=-1)
-    return (p_log.exp() * (p_log - c_log)).sum(-1).mean()
+    return token_kl(F.log_softmax(parent_logits.float(), dim=-1),
+                    F.log_softmax(child_logits.float(), dim=-1)).mean()
 
 
 def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy; logits (B, T, V), ids (B, T)."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+    return next_token_nll(logits.float(), ids).mean()
 
 
 @contextlib.contextmanager
@@ -81,23 +82,15 @@ def distill_loss(child: torch.nn.Module, parent: torch.nn.Module, ids: torch.Ten
 # ---------------------------------------------------------------- data order
 def step_rows(n_seq: int, step: int, micro: int, cfg: GKD) -> np.ndarray:
     """Row indices of one global micro-batch: a seeded permutation per epoch, read in order."""
-    start = (step * cfg.grad_accum + micro) * cfg.batch_size
-    g = np.arange(start, start + cfg.batch_size)
-    epochs = g // n_seq
-    rows = np.empty_like(g)
-    for e in np.unique(epochs):
-        perm = np.random.default_rng([cfg.seed, int(e)]).permutation(n_seq)
-        rows[epochs == e] = perm[g[epochs == e] % n_seq]
-    return rows
+    return epoch_rows(n_seq, cfg.seed, (step * cfg.grad_accum + micro) * cfg.batch_size,
+                      cfg.batch_size)
 
 
 # ---------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temp file, then rename (never a half-written checkpoint)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
@@ -200,11 +193,7 @@ def summary(log: list[dict], seconds: float) -> dict:
 
 def write_plot(path: str | Path, log: list[dict]) -> None:
     """The gkd plot csv (PLOT_COLUMNS), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=PLOT_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(log)
-    os.replace(tmp, path)

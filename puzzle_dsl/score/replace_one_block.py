@@ -13,32 +13,18 @@ lm_eval = mean accuracy over the tasks. Lower is better for the first two.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from puzzle_dsl.model.library import swapped
+from puzzle_dsl.train.losses import kl_sum
 
 METRICS = ("kl", "lm_loss", "lm_eval")
 TOKEN_CHUNK = 1024  # positions per LM-head chunk: bounds patched logits to TOKEN_CHUNK x vocab
-
-
-def score_batches(path: str | Path, tokens: int, batch_size: int) -> Iterator[torch.Tensor]:
-    """The first `tokens` tokens (whole sequences) of a packed split, as LongTensors [B, T]."""
-    data = np.load(path, mmap_mode="r")  # int32 [n_seq, seq_len]
-    if data.ndim != 2:
-        raise ValueError(f"{path} must hold int32 [n_seq, seq_len], got shape {data.shape}")
-    n_seq = -(-int(tokens) // data.shape[1])
-    if n_seq > data.shape[0]:
-        raise ValueError(f"score.common.tokens={tokens} but {path} holds only "
-                         f"{data.size} tokens: lower score.common.tokens or raise corpus.tokens.score")
-    for start in range(0, n_seq, batch_size):
-        yield torch.from_numpy(np.asarray(data[start:min(start + batch_size, n_seq)], np.int64))
 
 
 # ---------------------------------------------------------------- running parts of the model
@@ -93,7 +79,7 @@ def chunk_sums(logits: torch.Tensor, start: int, metric: str, labels: torch.Tens
     logits = logits.float()
     if metric == "kl":
         target = parent_logp[start:start + logits.shape[0]]
-        kl = F.kl_div(F.log_softmax(logits, -1), target, log_target=True, reduction="sum")
+        kl = kl_sum(target, F.log_softmax(logits, -1))
         return float(kl), logits.shape[0]
     y = labels[start:start + logits.shape[0]]
     loss = F.cross_entropy(logits, y, ignore_index=-100, reduction="sum")
