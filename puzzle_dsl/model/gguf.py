@@ -18,8 +18,6 @@ f32 and f16 are written here; quantized types go through llama.cpp's own quantiz
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import gguf
@@ -28,6 +26,7 @@ import torch
 
 from puzzle_dsl.dsl.gguf_types import GGUF_TYPES, LINEAR_FFN, QUANTIZED, WRITTEN
 from puzzle_dsl.model.gguf_vocab import add_tokenizer
+from puzzle_dsl.pipeline.atomic import atomic_file
 
 ZERO_FFN_WIDTH = 256  # a multiple of every quantizer's block, so quantized types still apply
 FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
@@ -194,23 +193,16 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16",
     if problems:
         raise ValueError("llama.cpp cannot run this child: " + "; ".join(problems))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, mode=0o644) as tmp:
         if gguf_type in WRITTEN:
-            _write(model, tokenizer, Path(tmp), gguf_type, name)
+            _write(model, tokenizer, tmp, gguf_type, name)
         else:
-            full = Path(tmp).with_suffix(".f32")
+            full = tmp.with_suffix(".f32")
             try:
                 _write(model, tokenizer, full, "f32", name)
                 quantize(full, tmp, gguf_type)
             finally:
                 full.unlink(missing_ok=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

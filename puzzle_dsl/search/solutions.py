@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from puzzle_dsl.dsl.params import SearchParams
-from puzzle_dsl.dsl.space import block_piece
+from puzzle_dsl.dsl.space import block_configs
 from puzzle_dsl.pipeline import layout
-from puzzle_dsl.pipeline.atomic import write_text
+from puzzle_dsl.pipeline.atomic import atomic_dir, atomic_file, write_text
 from puzzle_dsl.search import mip, plots
 from puzzle_dsl.search.constraints import (
     GIB,
@@ -56,8 +54,7 @@ def search_children(search: SearchParams, space: Mapping, runtime: Mapping | Non
         sol["name"] = layout.solution_name(k)
     solutions += baseline_solutions(problem, rt, search)
     for sol in solutions:
-        sol["block_configs"] = [{sub: block_piece(sub, space[sub][layer[sub]])
-                                 for sub in mip.SUBBLOCKS} for layer in sol["layers"]]
+        sol["block_configs"] = block_configs(sol["layers"], space)
     batch = solutions[0]["predicted"]["batch_size"]
     points = pareto_points(problem, rt, search, batch)
     elapsed = time.perf_counter() - t0
@@ -238,24 +235,20 @@ def pareto_points(problem: Problem, rt: Runtime, search: SearchParams, batch: in
 
 def write_outputs(scenario: dict, solutions: list[dict], points: list[dict], space: Mapping,
                   rt: Runtime, elapsed: float) -> None:
-    out = Path(layout.SEARCH_DIR)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "solutions.json").write_text(json.dumps(
-        {"scenario": scenario, "solutions": solutions}, indent=2) + "\n")
-    batch = solutions[0]["predicted"]["batch_size"]
-    plots.pareto_plot(points, [{"name": s["name"], "baseline": s.get("baseline"), **s["predicted"]}
-                                 for s in solutions],
-                      tmp / "pareto.png", scenario["objective"], rt.parent_tps.get(batch))
-    for s in solutions:
-        p = s["predicted"]
-        speed = f", {p['speedup']:.2f}x parent" if p["speedup"] else ""
-        plots.architecture_plot(s["layers"], tmp / f"architecture_{s['name']}.png",
-                                f"{s['name']}: {scenario['objective']} {p['score']:.4g}{speed}",
-                                space)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(layout.SEARCH_DIR) as tmp:
+        (tmp / "solutions.json").write_text(json.dumps(
+            {"scenario": scenario, "solutions": solutions}, indent=2) + "\n")
+        batch = solutions[0]["predicted"]["batch_size"]
+        chosen = [{"name": s["name"], "baseline": s.get("baseline"), **s["predicted"]}
+                  for s in solutions]
+        plots.pareto_plot(points, chosen,
+                          tmp / "pareto.png", scenario["objective"], rt.parent_tps.get(batch))
+        for s in solutions:
+            p = s["predicted"]
+            speed = f", {p['speedup']:.2f}x parent" if p["speedup"] else ""
+            plots.architecture_plot(s["layers"], tmp / f"architecture_{s['name']}.png",
+                                    f"{s['name']}: {scenario['objective']} {p['score']:.4g}{speed}",
+                                    space)
     _write_csv(layout.SEARCH_PLOT, points)
     metrics = {"objective": scenario["objective"],
                "num_solutions": sum("baseline" not in s for s in solutions),
@@ -277,11 +270,8 @@ def write_outputs(scenario: dict, solutions: list[dict], points: list[dict], spa
 def _write_csv(path: str, points: list[dict]) -> None:
     cols = ["target_tokens_per_s", "target_speedup", "throughput", "speedup", "score",
             "batch_size"]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         for p in points:
             w.writerow({k: "" if p[k] is None else p[k] for k in cols})
-    os.replace(tmp, path)
