@@ -9,16 +9,14 @@ the same machine. Prints kept tokens/s, sampled (new) tokens/s and the wall time
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
-from pathlib import Path
+
+from parent_option import parent_dir, parser_with_parent
 
 from puzzle_dsl.corpus.generate import ParentSampler
 from puzzle_dsl.corpus.llama_cpp_sample import LlamaCppSampler
 from puzzle_dsl.dsl.recipe import Generated
 from puzzle_dsl.model.checkpoint import load_parent
-from puzzle_dsl.model.parent import import_parent
 
 
 def run(sampler, tokens: int) -> dict:
@@ -33,21 +31,20 @@ def run(sampler, tokens: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--parent", type=Path)
+    ap = parser_with_parent(__doc__)
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new", type=int, default=256)
     args = ap.parse_args()
-    parent_dir = args.parent or import_parent("gguf:default", Path(tempfile.mkdtemp()) / "parent")
-    model, tokenizer = load_parent(parent_dir)
+    parent = parent_dir(args)
+    model, tokenizer = load_parent(parent)
     settings = {"batch_size": args.batch, "max_new_tokens": args.new}
     results = {
         "transformers": run(ParentSampler(model, tokenizer, Generated(**settings)), args.tokens),
         "llama.cpp": run(LlamaCppSampler(model, tokenizer,
                                          Generated(engine="llama.cpp", **settings)), args.tokens),
     }
-    print(f"parent {parent_dir}, batch {args.batch}, {args.new} new tokens at most")
+    print(f"parent {parent}, batch {args.batch}, {args.new} new tokens at most")
     print("| engine | kept tokens | wall s | kept tok/s | sampled tok/s |")
     print("|---|---|---|---|---|")
     for engine, r in results.items():

@@ -11,16 +11,15 @@ machine slows them alike; the speedups are the figures to read, not the absolute
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
+from parent_option import parent_dir, parser_with_parent
 
 from puzzle_dsl.evaluate.measures import generation_benchmark
 from puzzle_dsl.model.checkpoint import load_parent
 from puzzle_dsl.model.gguf import write_gguf
-from puzzle_dsl.model.parent import import_parent
 from puzzle_dsl.runtime.llama_cpp_generate import llama_cpp_benchmark
 from puzzle_dsl.runtime.synthetic import sliced_child
 
@@ -42,8 +41,7 @@ def children(cfg) -> dict[str, list[dict]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--parent", type=Path)
+    ap = parser_with_parent(__doc__)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=128)
@@ -52,8 +50,7 @@ def main() -> None:
     ap.add_argument("--gguf-type", default="f32")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    parent_dir = args.parent or import_parent("gguf:default", tmp / "parent")
-    parent, tokenizer = load_parent(parent_dir)
+    parent, tokenizer = load_parent(parent_dir(args))
     models = {"parent": parent} | {name: sliced_child(parent, blocks)
                                    for name, blocks in children(parent.config).items()}
     paths = {name: write_gguf(m, tokenizer, tmp / f"{name}.gguf", args.gguf_type)

@@ -1,4 +1,5 @@
-"""Run-to-run spread of the runtime table on SmolLM2: measure it twice, compare row by row.
+"""Run-to-run spread of the runtime table on SmolLM2 (the default recipe's variants, timed in
+transformers): measure it twice, compare row by row.
 
 Run: python benchmarks/runtime_spread.py [--model /tmp/smollm2] [--batch 8] [--repeats 3]
 """
@@ -8,17 +9,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 from puzzle_dsl.dsl import Scenario
 from puzzle_dsl.model.checkpoint import load_parent
 from puzzle_dsl.runtime.measure import measure_table
 
-SPACE = {"attention": {"attn_kv3": {"kind": "gqa", "n_heads_in_group": 3},
-                       "attn_kv1": {"kind": "gqa", "n_heads_in_group": 9},
-                       "attn_linear": {"kind": "linear"}, "attn_noop": {"kind": "no_op"}},
-         "ffn": {"ffn_i1536": {"kind": "swiglu", "intermediate_size": 1536},
-                 "ffn_i768": {"kind": "swiglu", "intermediate_size": 768},
-                 "ffn_linear": {"kind": "linear"}, "ffn_noop": {"kind": "no_op"}}}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_space() -> dict:
+    """The default recipe's search space as params.yaml holds it (its variants, compiled)."""
+    from puzzle_dsl.compiler.build import build_pipeline
+    from puzzle_dsl.dsl.recipe import load_recipe
+
+    return build_pipeline(load_recipe(REPO / "recipes" / "default.py")).params["space"]
 
 
 def main() -> None:
@@ -34,7 +39,7 @@ def main() -> None:
     for _ in range(2):
         t0 = time.perf_counter()
         runs.append({(r["subblock"], r["variant"], r["phase"]): r["latency_s"]
-                     for r in measure_table(model.config, SPACE, sc)})
+                     for r in measure_table(model.config, default_space(), sc)})
         print(f"table measured in {time.perf_counter() - t0:.0f} s")
     rel = {}
     for key, a in runs[0].items():

@@ -48,8 +48,9 @@ def _left_pad(batch: list[list[int]], pad_id: int):
 
 
 @dataclass
-class ParentSampler:
-    """Iterate over documents (token id lists) sampled from `model`; counts tokens and time."""
+class Sampler:
+    """What every parent sampler holds and counts; iterating one yields documents (token id
+    lists) without end. The engines differ only in how they sample."""
 
     model: object
     tokenizer: object
@@ -57,25 +58,34 @@ class ParentSampler:
     prompts: Sequence[str] | None = None
     new_tokens: int = field(default=0, init=False)
     seconds: float = field(default=0.0, init=False)
-    batches: int = field(default=0, init=False)
+    batches: int = field(default=0, init=False)  # engine calls: generates, llama_decodes
 
     @property
     def tokens_per_s(self) -> float:
-        """New (sampled) tokens per second of `generate` so far."""
+        """New (sampled) tokens per second of sampling so far."""
         return self.new_tokens / self.seconds if self.seconds else 0.0
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def encoded_prompts(self) -> list[list[int]]:
         prompts = list(self.prompts or builtin_prompts())
         if not prompts:
             raise ValueError("the generated source needs at least one prompt")
-        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
+        return [encode_prompt(self.tokenizer, p) for p in prompts]
+
+    def prompt_epochs(self, encoded: list[list[int]]) -> Iterator[list[list[int]]]:
+        """The encoded prompts, epoch after epoch, each epoch in a new seeded order."""
         rng = np.random.default_rng(self.settings.seed)
-        while True:  # epochs over the prompts, each in a new seeded order
-            order = rng.permutation(len(encoded))
-            step = self.settings.batch_size
-            for start in range(0, len(order), step):
-                batch = [encoded[i] for i in order[start : start + step]]
-                yield from self._sample(batch)
+        while True:
+            yield [encoded[i] for i in rng.permutation(len(encoded))]
+
+
+class ParentSampler(Sampler):
+    """Documents from batched transformers `generate` (left-padded batches of prompts)."""
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.settings.batch_size
+        for epoch in self.prompt_epochs(self.encoded_prompts()):
+            for start in range(0, len(epoch), step):
+                yield from self._sample(epoch[start : start + step])
 
     def _sample(self, batch: list[list[int]]) -> list[list[int]]:
         import torch

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from puzzle_dsl.corpus.generate import _eos_ids, encode_prompt
-from puzzle_dsl.corpus.prompts import builtin_prompts
-from puzzle_dsl.dsl.recipe import Generated
+from puzzle_dsl.corpus.generate import Sampler, _eos_ids
 
 CANDIDATES = 1024  # nucleus sampling looks at this many most likely tokens
 
@@ -50,32 +48,10 @@ class _Slot:
 
 
 @dataclass
-class LlamaCppSampler:
-    """Iterate over documents (token id lists) sampled from `model` in llama.cpp."""
+class LlamaCppSampler(Sampler):
+    """Documents sampled from `model` in llama.cpp (the parent converted to an f32 GGUF)."""
 
-    model: object
-    tokenizer: object
-    settings: Generated = field(default_factory=Generated)
-    prompts: Sequence[str] | None = None
     threads: int | None = None
-    new_tokens: int = field(default=0, init=False)
-    seconds: float = field(default=0.0, init=False)
-    batches: int = field(default=0, init=False)  # llama_decode calls (ParentSampler: generates)
-
-    @property
-    def tokens_per_s(self) -> float:
-        """New (sampled) tokens per second so far."""
-        return self.new_tokens / self.seconds if self.seconds else 0.0
-
-    def _encoded(self) -> Iterator[list[int]]:
-        prompts = list(self.prompts or builtin_prompts())
-        if not prompts:
-            raise ValueError("the generated source needs at least one prompt")
-        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
-        rng = np.random.default_rng(self.settings.seed)
-        while True:  # epochs over the prompts, each in a new seeded order (as ParentSampler)
-            for i in rng.permutation(len(encoded)):
-                yield encoded[i]
 
     def __iter__(self) -> Iterator[list[int]]:
         from puzzle_dsl.model.gguf import write_gguf
@@ -83,9 +59,9 @@ class LlamaCppSampler:
 
         lc = binding()
         s, eos = self.settings, _eos_ids(self.model, self.tokenizer)
-        prompts = self._encoded()
-        longest = max(len(p) for p in (encode_prompt(self.tokenizer, q)
-                                        for q in (self.prompts or builtin_prompts())))
+        encoded = self.encoded_prompts()
+        prompts = (p for epoch in self.prompt_epochs(encoded) for p in epoch)
+        longest = max(len(p) for p in encoded)
         per_seq = longest + s.max_new_tokens + 1
         with tempfile.TemporaryDirectory(prefix="puzzle-sampler-") as tmp:
             path = write_gguf(self.model.float(), self.tokenizer, Path(tmp) / "parent.gguf", "f32")

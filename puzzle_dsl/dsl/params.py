@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_serializer
 
 from puzzle_dsl.dsl.gguf_types import GGUF_TYPES
 from puzzle_dsl.dsl.recipe import (
@@ -109,12 +109,20 @@ class SpaceParams(Schema):
 
 
 # ---------------------------------------------------------------------------- search
-class RelativeTarget(Schema):
-    relative: Num(gt=0.0)
+class ThroughputTarget(Schema):
+    """`search.throughput`: `relative` (a multiple of the parent's measured throughput) or
+    `absolute` (generated tokens/s); exactly one."""
 
+    relative: Num(gt=0.0) | None = None
+    absolute: Num(gt=0.0) | None = None
 
-class AbsoluteTarget(Schema):
-    absolute: Num(gt=0.0)
+    def _check(self) -> None:
+        if (self.relative is None) == (self.absolute is None):
+            self.fail("give exactly one of relative and absolute")
+
+    @model_serializer(mode="wrap")
+    def _given(self, handler) -> dict:  # the one target given, as params.yaml writes it
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class LayerPick(Schema):
@@ -150,7 +158,7 @@ class SearchParams(SearchLimits):
     architecture (one LayerPick per layer) and baseline plans."""
 
     objective: Literal["kl", "lm_loss", "accuracy"]
-    throughput: RelativeTarget | AbsoluteTarget | None = None
+    throughput: ThroughputTarget | None = None
     fixed: tuple[LayerPick, ...] | None = None
     baselines: tuple[BaselinePlan, ...] = ()
 

@@ -315,8 +315,10 @@ class SearchSpace(_Checks):
 
 
 # ---------------------------------------------------------------------------- training / scoring
-class BldCommon(Schema):
-    """params.yaml `bld.common`: what every BLD stage trains with (PUZZLE.md section 2)."""
+class Training(Schema):
+    """What BLD and GKD both train with: `tokens` in batches of `batch_size` sequences, AdamW
+    (lr, betas, weight decay) with a linear warm-up over `warmup_frac` of the steps then cosine
+    decay, gradients clipped to norm `grad_clip`, data order and inits from `seed`."""
 
     tokens: Int(ge=1) = 1_000_000
     batch_size: Int(ge=1) = 8
@@ -325,8 +327,13 @@ class BldCommon(Schema):
     weight_decay: Num(ge=0.0) = 0.1
     betas: Betas = (0.9, 0.95)
     grad_clip: Num(ge=0.0) = 1.0
-    init: Literal["least_squares", "paper", "random"] = "least_squares"
     seed: Int(ge=0) = 0
+
+
+class BldCommon(Training):
+    """params.yaml `bld.common`: what every BLD stage trains with (PUZZLE.md section 2)."""
+
+    init: Literal["least_squares", "paper", "random"] = "least_squares"
 
 
 class Calibrate(Schema):
@@ -601,22 +608,16 @@ class Search(SearchLimits, _Checks):
 
 
 # ---------------------------------------------------------------------------- GKD / evaluation
-class GKD(Schema):
-    """Global knowledge distillation of each assembled child (PUZZLE.md section 6).
-    Also params.yaml `gkd`."""
+class GKD(Training):
+    """Global knowledge distillation of each assembled child (PUZZLE.md section 6): the loss
+    weights the cosine of every layer's hidden states, the KL to the parent's next-token
+    distribution and the LM loss. Also params.yaml `gkd`."""
 
     tokens: Int(ge=1) = 500_000
-    batch_size: Int(ge=1) = 8
     grad_accum: Int(ge=1) = 1
-    lr: Num(gt=0.0) = 1e-4
-    warmup_frac: Num(ge=0.0, le=1.0) = 0.05
-    weight_decay: Num(ge=0.0) = 0.1
-    betas: Betas = (0.9, 0.95)
-    grad_clip: Num(ge=0.0) = 1.0
     cosine_weight: Num(ge=0.0) = 1.0
     kl_weight: Num(ge=0.0) = 1.0
     lm_loss_weight: Num(ge=0.0) = 0.0
-    seed: Int(ge=0) = 0
     checkpoint_every: Int(ge=1) = 50
 
     def _check(self) -> None:

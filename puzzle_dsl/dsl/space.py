@@ -61,6 +61,13 @@ def block_piece(subblock: str, spec: dict) -> dict:
     raise ValueError(f"unknown {subblock} variant kind {kind!r}")
 
 
+def block_configs(layers: list[dict], space: dict) -> list[dict]:
+    """The Nemotron-NAS block configs of an architecture given as variant names per layer
+    ([{attention: V, ffn: V}], looked up in the compiled `space`)."""
+    return [{sub: block_piece(sub, space[sub][layer[sub]]) for sub in ("attention", "ffn")}
+            for layer in layers]
+
+
 def parent_piece(subblock: str, shape: ParentShape) -> dict:
     """The block_configs entry that reproduces the parent's own subblock."""
     if subblock == "attention":

@@ -17,20 +17,17 @@ def measure_assembled(choices: Sequence[Choice], space: Mapping, parent_dir: str
     parent over `rows` (evaluate.measures.text_metrics, with 95% intervals)."""
     import torch
 
-    from puzzle_dsl.dsl.space import block_piece
-    from puzzle_dsl.model.assemble import assemble_child
+    from puzzle_dsl.dsl.space import block_configs
+    from puzzle_dsl.model.assemble import child_from_parent
     from puzzle_dsl.model.checkpoint import load_parent
 
-    parent, _ = load_parent(parent_dir)
+    parent, _ = load_parent(parent_dir)  # once: every candidate is assembled from it
     out = []
     with torch.no_grad():
         for choice in choices:
-            solution = {"layers": [{"attention": a, "ffn": f} for a, f in choice],
-                        "block_configs": [{"attention": block_piece("attention",
-                                                                    space["attention"][a]),
-                                           "ffn": block_piece("ffn", space["ffn"][f])}
-                                          for a, f in choice]}
-            child, _ = assemble_child(parent_dir, solution, root=root)
+            layers = [{"attention": a, "ffn": f} for a, f in choice]
+            solution = {"layers": layers, "block_configs": block_configs(layers, space)}
+            child = child_from_parent(parent, solution, root=root)
             got = text_metrics({"child": child}, parent, rows, batch_size=batch_size)["child"]
             out.append({k: got[k] for k in ("kl", "kl_lo", "kl_hi", "perplexity",
                                             "top1_agreement", "tokens")})

@@ -133,10 +133,20 @@ def assemble_child(parent_dir: str | Path, solution: dict, *, root: str | Path =
                    dtype: torch.dtype = torch.float32):
     """(child NemotronNasForCausalLM, tokenizer) for one solution of solutions.json."""
     from puzzle_dsl.model.checkpoint import load_parent
+
+    parent, tokenizer = load_parent(parent_dir, dtype=dtype)
+    child = child_from_parent(parent, solution, root=root, dtype=dtype)
+    del parent
+    return child, tokenizer
+
+
+def child_from_parent(parent: torch.nn.Module, solution: dict, *, root: str | Path = ".",
+                      dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The child of one solution, assembled from a loaded parent (left as it was) and the
+    library under `root`, in eval mode."""
     from puzzle_dsl.model.nemotron_nas.configuration_nemotron_nas import NemotronNasConfig
     from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
 
-    parent, tokenizer = load_parent(parent_dir, dtype=dtype)
     pcfg = parent.config
     cfg_dict = pcfg.to_dict()
     cfg_dict["block_configs"] = solution["block_configs"]
@@ -145,8 +155,6 @@ def assemble_child(parent_dir: str | Path, solution: dict, *, root: str | Path =
     config = NemotronNasConfig(**cfg_dict)
     state = assemble_state_dict(parent.state_dict(), solution, pcfg.block_configs, Library(root),
                                 num_heads=pcfg.num_attention_heads, hidden=pcfg.hidden_size)
-    del parent
     child = NemotronNasForCausalLM(config).to(dtype)
     load_strict(child, state)
-    child.eval()
-    return child, tokenizer
+    return child.eval()

@@ -40,11 +40,10 @@ from puzzle_dsl.runtime.measure import (
     _named,
     _parent_problems,
     _parent_summary,
+    _phases,
     _rows,
-    block_param_bytes,
     bounds,
-    kv_bytes_per_token,
-    overhead_param_bytes,
+    table_rows,
     time_once,
     torch_dtype,
     warm_up,
@@ -132,17 +131,8 @@ def measure_runtime_llama_cpp(parent, tokenizer, space: dict, sc: Scenario,
         for b in sc.batch_sizes:
             m = _measure_batch(paths, named, sc, b, n, parent_layers, config.vocab_size,
                                attention)
-            for subblock, name, piece in named:
-                pbytes = block_param_bytes(config, subblock, piece, dtype)
-                kv = kv_bytes_per_token(config, piece, dtype) if subblock == "attention" else 0
-                key = ("block", _key(subblock, piece))
-                rows += _rows(subblock, name, b, {ph: m.stats(key + (ph,))
-                                                  for ph in ("prefill", "decode")}, pbytes, kv)
-            rows += _rows("overhead", "overhead", b, {ph: m.stats(("overhead", ph))
-                                                      for ph in ("prefill", "decode")},
-                          overhead_param_bytes(config, dtype), 0)
-            rows += _rows("pair", PAIR_DISCOUNT, b, {ph: m.stats(("pair", ph))
-                                                     for ph in ("prefill", "decode")}, 0, 0)
+            rows += table_rows(config, named, b, m, dtype)
+            rows += _rows("pair", PAIR_DISCOUNT, b, _phases(m, ("pair",)), 0, 0)
             conditions[str(b)] = m.conditions()
             if parent_layers is not None:
                 parent_out[str(b)] = _parent_summary(m, named, parent_layers, sc, b)

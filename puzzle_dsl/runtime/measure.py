@@ -293,15 +293,7 @@ def measure_runtime(config, space: dict, sc: Scenario, extra: dict | None = None
             benches[PARENT_RUN] = generate_bench(parent, ids, sc.decode_len)
         m = _measure_batch(benches, named, sc, b, parent_layers if parent is not None else None,
                            clock)
-        for subblock, name, piece in named:
-            pbytes = block_param_bytes(config, subblock, piece, dtype)
-            kv = kv_bytes_per_token(config, piece, dtype) if subblock == "attention" else 0
-            key = ("block", _key(subblock, piece))
-            rows += _rows(subblock, name, b, {ph: m.stats(key + (ph,))
-                                              for ph in ("prefill", "decode")}, pbytes, kv)
-        rows += _rows("overhead", "overhead", b, {ph: m.stats(("overhead", ph))
-                                                  for ph in ("prefill", "decode")},
-                      overhead_param_bytes(config, dtype), 0)
+        rows += table_rows(config, named, b, m, dtype)
         conditions[str(b)] = m.conditions()
         if parent is not None:
             parent_out[str(b)] = _parent_summary(m, named, parent_layers, sc, b)
@@ -372,6 +364,22 @@ def measure_table(config, space: dict, sc: Scenario, extra: dict | None = None,
                   clock: str = "wall") -> list[dict]:
     """runtime.parquet rows for every variant of `space` + overhead (see measure_runtime)."""
     return measure_runtime(config, space, sc, extra, clock=clock).rows
+
+
+def table_rows(config, named, b: int, m, dtype) -> list[dict]:
+    """The table's rows at batch size `b`: each named block and the overhead, per phase, with
+    the timings of `m` (keys ("block", _key(...), phase) and ("overhead", phase))."""
+    rows = []
+    for subblock, name, piece in named:
+        pbytes = block_param_bytes(config, subblock, piece, dtype)
+        kv = kv_bytes_per_token(config, piece, dtype) if subblock == "attention" else 0
+        rows += _rows(subblock, name, b, _phases(m, ("block", _key(subblock, piece))), pbytes, kv)
+    return rows + _rows("overhead", "overhead", b, _phases(m, ("overhead",)),
+                        overhead_param_bytes(config, dtype), 0)
+
+
+def _phases(m, key: tuple) -> dict:
+    return {ph: m.stats(key + (ph,)) for ph in ("prefill", "decode")}
 
 
 def _rows(subblock, variant, b, timings, pbytes, kv) -> list[dict]:

@@ -135,22 +135,20 @@ def rope_parameters_from(rope_parameters: Mapping | None = None, rope_theta: flo
 
 
 # ---------------------------------------------------------------- block configs
+def _kind(piece, full: str) -> str:
+    if _get(piece, "no_op", False):
+        return "no_op"
+    return "linear" if _get(piece, "replace_with_linear", False) else full
+
+
 def attention_kind(attn) -> str:
     """'no_op' | 'linear' | 'gqa' for an attention piece."""
-    if _get(attn, "no_op", False):
-        return "no_op"
-    if _get(attn, "replace_with_linear", False):
-        return "linear"
-    return "gqa"
+    return _kind(attn, "gqa")
 
 
 def ffn_kind(ffn) -> str:
     """'no_op' | 'linear' | 'swiglu' for an FFN piece."""
-    if _get(ffn, "no_op", False):
-        return "no_op"
-    if _get(ffn, "replace_with_linear", False):
-        return "linear"
-    return "swiglu"
+    return _kind(ffn, "swiglu")
 
 
 def ffn_intermediate_size(ffn, hidden_size: int) -> int | None:
@@ -310,12 +308,10 @@ class NemotronNasConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.rms_norm_eps = rms_norm_eps
         self.use_cache = use_cache
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
+        self.pad_token_id, self.bos_token_id = pad_token_id, bos_token_id
         self.eos_token_id = eos_token_id
         self.tie_word_embeddings = tie_word_embeddings
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
+        self.attention_bias, self.attention_dropout = attention_bias, attention_dropout
         self.mlp_bias = mlp_bias
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size={hidden_size} must be a multiple of "
