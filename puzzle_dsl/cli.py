@@ -146,11 +146,12 @@ def fingerprint(programs: tuple[str, ...], root: str) -> None:
 def run_stage_cmd(name: str, item: str | None, root: str) -> None:
     """Run stage NAME [ITEM] of dvc.yaml (what `dvc repro` calls; also runs by hand)."""
     from puzzle_dsl.pipeline import failure
-    from puzzle_dsl.pipeline.run_stage import StageError, run_stage, stage_id
+    from puzzle_dsl.pipeline.run_stage import StageError, stage_id
     from puzzle_dsl.runtime.guard import NoisyTiming
+    from puzzle_dsl.tracking.runs import run_tracked_stage
 
     try:
-        run_stage(name, item, root)
+        run_tracked_stage(name, item, root)
     except (StageError, NoisyTiming) as exc:  # NoisyTiming: timings refused, message says why
         _fail(exc)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import yaml
 
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.pipeline.run_stage import run_stage
+from puzzle_dsl.tracking.runs import run_tracked_stage
 from puzzle_dsl.train.distributed import rank_slice
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,5 +121,5 @@ def test_only_rank_zero_logs_the_stage_to_mlflow(tmp_path, monkeypatch):
     monkeypatch.delenv("PUZZLE_TRACKING", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("RANK", "1")
-    run_stage("noop", None, tmp_path)
+    run_tracked_stage("noop", None, tmp_path)
     assert not (tmp_path / "mlflow.db").exists()

@@ -19,15 +19,12 @@ import yaml
 from click.testing import CliRunner
 
 from puzzle_dsl.dsl.params import Params
-from puzzle_dsl.pipeline.run_stage import run_stage
 from puzzle_dsl.tracking import cli as tracking_cli
 from puzzle_dsl.tracking import runs as tracking
 
 BIN = Path(sys.executable).parent
-# the lead wires `run-stage` into puzzle_dsl.cli; until then the module entry point is the same code
-HAS_CLI = importlib.util.find_spec("puzzle_dsl.cli") is not None
 REPO = Path(__file__).resolve().parents[1]
-CMD = "puzzle-dsl run-stage" if HAS_CLI else "python -m puzzle_dsl.pipeline.run_stage"
+CMD = "puzzle-dsl run-stage"
 
 PROGRAMS = {
     "make": """
@@ -291,7 +288,7 @@ def test_reexecuting_a_stage_with_identical_inputs_adds_no_run(tracked, monkeypa
     root, uri = tracked
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(root)
-    run_stage("report", None, root)  # what `dvc repro -f -s report` runs, in process
+    tracking.run_tracked_stage("report", None, root)  # what `dvc repro -f -s report` runs
     _assert_recipe_with_stage_children(uri)
 
 
@@ -515,3 +512,28 @@ def test_runs_command_prints_the_results_table_of_results_md(tmp_path, monkeypat
     assert "| uniform | uniform_width | 2.00 ± 0.04 |" in table and "lambada" in table
     rows = "".join(line + "\n" for line in table.splitlines() if line.startswith("|"))
     assert result.output.endswith(rows)  # the table itself (the speed footnote is the file's)
+
+
+def test_a_dep_outside_the_pipeline_folder_is_tracked_under_an_up_tag(tmp_path, monkeypatch):
+    """dev pipelines read ../../../shared/data task files: MLflow refuses tag keys with `../`,
+    so such a dep is tagged `puzzle.dep._up_/...` and the run is logged, not missed."""
+    import mlflow
+
+    (tmp_path / "outside.jsonl").write_text('{"x": 1}\n')
+    pipe = tmp_path / "pipe"
+    (pipe / "stages").mkdir(parents=True)
+    (pipe / "stages" / "noop.py").write_text("def main(params, item):\n    pass\n")
+    (pipe / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"noop": {"cmd": "puzzle-dsl run-stage noop", "deps": ["../outside.jsonl"]}}}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.delenv("PUZZLE_TRACKING", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(pipe)
+    tracking.run_tracked_stage("noop", None, pipe)
+    assert tracking.path_tag("dep", "../../x/y.jsonl") == "puzzle.dep._up_/_up_/x/y.jsonl"
+    assert not (pipe / tracking.MISSED_FILE).exists()
+    runs = mlflow.MlflowClient(uri).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()],
+        "tags.`puzzle.stage` = 'noop'")
+    assert runs and all(r.data.tags.get("puzzle.dep._up_/outside.jsonl") for r in runs)

@@ -12,9 +12,9 @@ gets the typed `Params` (its undeclared sections are None).
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import yaml
 from puzzle_dsl.dsl.params import Params
 from puzzle_dsl.dsl.schema import ParamsError
 from puzzle_dsl.pipeline import failure
-from puzzle_dsl.tracking.lineage import stage_outputs
+from puzzle_dsl.pipeline.stage_graph import stage_outputs
 
 
 class StageError(RuntimeError):
@@ -100,12 +100,12 @@ def load_program(root: Path, name: str):
     return module
 
 
-def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> None:
-    """Run the stage program (one line with its time when it ends), then log it to MLflow (unless PUZZLE_TRACKING=0; under torchrun
-    only rank 0 logs).
+def run_stage(name: str, item: str | None = None, root: str | Path = ".", *,
+              after: Callable[[Path, str, dict, dict], None] | None = None) -> None:
+    """Run the stage program (one line with its time when it ends), then `after(root, stage id,
+    dvc.yaml entry, params)` (the CLI passes MLflow tracking, puzzle_dsl.tracking.runs).
 
-    Tracking reads only the files the stage wrote and never fails the stage. When the program
-    fails, the outputs it created are removed and the exception propagates.
+    When the program fails, the outputs it created are removed and the exception propagates.
     """
     root = Path(root)
     entry, params = load_stage(root, name, item)
@@ -121,10 +121,5 @@ def run_stage(name: str, item: str | None = None, root: str | Path = ".") -> Non
         raise
     print(f"puzzle-dsl: stage {stage_id(name, item)} finished in "
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    if os.environ.get("PUZZLE_TRACKING", "1") != "0" and os.environ.get("RANK", "0") == "0":
-        from puzzle_dsl.tracking import runs as tracking
-        tracking.log_stage(root, stage_id(name, item), entry, params)
-
-
-if __name__ == "__main__":  # `python -m puzzle_dsl.pipeline.run_stage NAME [ITEM]`, same as the CLI
-    run_stage(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    if after is not None:
+        after(root, stage_id(name, item), entry, params)

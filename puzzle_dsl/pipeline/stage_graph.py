@@ -1,4 +1,5 @@
-"""The stage graph of a compiled `dvc.yaml`: which stage reads what another writes."""
+"""A compiled `dvc.yaml` read as data: the paths of each stage's entries and the stage graph
+(which stage reads what another writes)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,45 @@ from pathlib import Path
 import yaml
 
 
-def _paths(entries: list) -> list[str]:
-    """dvc.yaml deps/outs entries are strings or one-key dicts ({path: {cache: false}})."""
-    return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
+def norm_path(path: str) -> str:
+    """dvc.yaml paths as keys: no leading './', no trailing '/'."""
+    path = str(path).strip()
+    while path.startswith("./"):
+        path = path[2:]
+    return path.rstrip("/") or "."
+
+
+def entry_paths(items: list | None) -> list[str]:
+    """Paths of a dvc.yaml `deps`/`outs`/`metrics`/`plots` list (entries are str or {path: opts})."""
+    paths = []
+    for item in items or []:
+        if isinstance(item, dict):
+            paths.extend(norm_path(p) for p in item)
+        else:
+            paths.append(norm_path(item))
+    return paths
+
+
+def plot_specs(items: list | None) -> list[tuple[str, dict]]:
+    """(path, options) of each plot in a dvc.yaml `plots` list; options may name `x`."""
+    specs = []
+    for item in items or []:
+        if isinstance(item, dict):
+            specs.extend(
+                (norm_path(p), opts if isinstance(opts, dict) else {}) for p, opts in item.items()
+            )
+        else:
+            specs.append((norm_path(item), {}))
+    return specs
+
+
+def stage_outputs(entry: dict) -> list[str]:
+    """Everything a stage writes: outs, metrics and plots files."""
+    return (
+        entry_paths(entry.get("outs"))
+        + entry_paths(entry.get("metrics"))
+        + [p for p, _ in plot_specs(entry.get("plots"))]
+    )
 
 
 def _within(path: str, root: str) -> bool:
@@ -19,13 +56,10 @@ def _within(path: str, root: str) -> bool:
 def stage_graph(dvc_yaml: str | Path) -> dict[str, set[str]]:
     """stage -> the stages whose outputs it reads (from the deps/outs of dvc.yaml)."""
     stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages", {})
-    outs = {
-        name: _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots"))
-        for name, s in stages.items()
-    }
+    outs = {name: stage_outputs(s) for name, s in stages.items()}
     graph: dict[str, set[str]] = {}
     for name, stage in stages.items():
-        deps = _paths(stage.get("deps"))
+        deps = entry_paths(stage.get("deps"))
         graph[name] = {
             producer
             for producer, produced in outs.items()

@@ -17,49 +17,10 @@ from typing import Any
 
 import yaml
 
+from puzzle_dsl.pipeline.stage_graph import stage_outputs
+
 STATE_DIR = ".puzzle"
 HASH_CACHE = f"{STATE_DIR}/hash_cache.json"
-
-
-def norm_path(path: str) -> str:
-    """dvc.yaml paths as keys: no leading './', no trailing '/'."""
-    path = str(path).strip()
-    while path.startswith("./"):
-        path = path[2:]
-    return path.rstrip("/") or "."
-
-
-def entry_paths(items: list | None) -> list[str]:
-    """Paths of a dvc.yaml `deps`/`outs`/`metrics`/`plots` list (entries are str or {path: opts})."""
-    paths = []
-    for item in items or []:
-        if isinstance(item, dict):
-            paths.extend(norm_path(p) for p in item)
-        else:
-            paths.append(norm_path(item))
-    return paths
-
-
-def plot_specs(items: list | None) -> list[tuple[str, dict]]:
-    """(path, options) of each plot in a dvc.yaml `plots` list; options may name `x`."""
-    specs = []
-    for item in items or []:
-        if isinstance(item, dict):
-            specs.extend(
-                (norm_path(p), opts if isinstance(opts, dict) else {}) for p, opts in item.items()
-            )
-        else:
-            specs.append((norm_path(item), {}))
-    return specs
-
-
-def stage_outputs(entry: dict) -> list[str]:
-    """Everything a stage writes: outs, metrics and plots files."""
-    return (
-        entry_paths(entry.get("outs"))
-        + entry_paths(entry.get("metrics"))
-        + [p for p, _ in plot_specs(entry.get("plots"))]
-    )
 
 
 class HashCache:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from puzzle_dsl.pipeline.stage_graph import entry_paths, plot_specs, stage_outputs
 from puzzle_dsl.tracking import lineage
 from puzzle_dsl.tracking.lineage import HashCache, flatten, load_yaml, numeric_leaves
 
@@ -80,8 +81,8 @@ def recipe_context(root: Path) -> dict:
 def snapshot(root: Path, sid: str, entry: dict, params: dict) -> dict:
     """Everything needed to log the stage later: hashes, key, recipe context (JSON-safe)."""
     cache = HashCache(root)
-    deps = lineage.hashes(root, lineage.entry_paths(entry.get("deps")), cache)
-    outs = lineage.hashes(root, lineage.stage_outputs(entry), cache)
+    deps = lineage.hashes(root, entry_paths(entry.get("deps")), cache)
+    outs = lineage.hashes(root, stage_outputs(entry), cache)
     cache.save()
     return {
         "stage": sid,
@@ -96,6 +97,15 @@ def snapshot(root: Path, sid: str, entry: dict, params: dict) -> dict:
 
 
 # ---------------------------------------------------------------- public entry points
+
+
+def run_tracked_stage(name: str, item: str | None = None, root: str | Path = ".") -> None:
+    """Run a stage (`puzzle-dsl run-stage`), then log it, unless PUZZLE_TRACKING=0; under
+    torchrun only rank 0 logs. Tracking reads only the files the stage wrote."""
+    from puzzle_dsl.pipeline.run_stage import run_stage
+
+    tracked = os.environ.get("PUZZLE_TRACKING", "1") != "0" and os.environ.get("RANK", "0") == "0"
+    run_stage(name, item, root, after=log_stage if tracked else None)
 
 
 def log_stage(root: str | Path, sid: str, entry: dict, params: dict) -> str | None:
@@ -312,15 +322,25 @@ def recipe_files(root: Path, name: str) -> list[str]:
     return [n for n in names if (root / n).is_file()]
 
 
+def path_tag(kind: str, path: str) -> str:
+    """The lineage tag key `puzzle.KIND.PATH` of a dvc.yaml path. MLflow refuses keys that
+    normalise to another name, so each leading `../` (a dep outside the pipeline folder, such
+    as ../shared/data) is written `_up_/`."""
+    ups = 0
+    while path.startswith("../"):
+        path, ups = path[3:], ups + 1
+    return f"puzzle.{kind}." + "_up_/" * ups + path
+
+
 def _log_contents(client, exp_id: str, root: Path, run_id: str, snap: dict) -> None:
     entry, sid = snap["entry"], snap["stage"]
-    tags = {f"puzzle.dep.{p}": h or "missing" for p, h in snap["deps"].items()}
-    tags |= {f"puzzle.out.{p}": h or "missing" for p, h in snap["outs"].items()}
+    tags = {path_tag("dep", p): h or "missing" for p, h in snap["deps"].items()}
+    tags |= {path_tag("out", p): h or "missing" for p, h in snap["outs"].items()}
     tags |= {
-        f"puzzle.producer.{dep}": ",".join(ids)
+        path_tag("producer", dep): ",".join(ids)
         for dep, ids in producer_runs(client, exp_id, root, sid, snap).items()
     }
-    metrics, files = {}, lineage.entry_paths(entry.get("metrics"))
+    metrics, files = {}, entry_paths(entry.get("metrics"))
     for path in files:  # several files (the report's one per model): keys prefixed by file stem
         prefix = f"{Path(path).stem}." if len(files) > 1 else ""
         metrics |= {prefix + k: v for k, v in read_metrics(root / path).items()}
@@ -332,7 +352,7 @@ def _log_contents(client, exp_id: str, root: Path, run_id: str, snap: dict) -> N
         metrics=metrics | extra_metrics,
         tags=tags | extra_tags,
         steps=[
-            s for p, o in lineage.plot_specs(entry.get("plots")) for s in read_plot(root / p, o)
+            s for p, o in plot_specs(entry.get("plots")) for s in read_plot(root / p, o)
         ],
     )
     log_lineage_inputs(client, run_id, root, snap)
@@ -352,7 +372,7 @@ def producer_runs(client, exp_id: str, root: Path, sid: str, snap: dict) -> dict
             if psid == sid:
                 continue
             h = snap["deps"][dep] if out == dep else lineage.content_hash(root, out, cache)
-            runs = find_runs(client, exp_id, {"puzzle.stage": psid, f"puzzle.out.{out}": h or ""})
+            runs = find_runs(client, exp_id, {"puzzle.stage": psid, path_tag("out", out): h or ""})
             if not runs:  # re-executed with equal inputs but different bytes: match by key
                 runs = find_runs(
                     client,
@@ -369,7 +389,7 @@ def producer_runs(client, exp_id: str, root: Path, sid: str, snap: dict) -> dict
 def producer_key(root: Path, entry: dict, params_all: dict, cache: HashCache) -> str:
     from puzzle_dsl.pipeline.run_stage import select_params
 
-    deps = lineage.hashes(root, lineage.entry_paths(entry.get("deps")), cache)
+    deps = lineage.hashes(root, entry_paths(entry.get("deps")), cache)
     return lineage.stage_key(entry, select_params(params_all, entry.get("params", [])), deps)
 
 
