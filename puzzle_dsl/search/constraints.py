@@ -29,7 +29,7 @@ from pathlib import Path
 
 import polars as pl
 
-from puzzle_dsl.dsl.params import AbsoluteTarget, RelativeTarget, SearchParams
+from puzzle_dsl.dsl.params import SearchParams, ThroughputTarget
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.search.mip import SUBBLOCKS, Budget, Choice, Problem, Shortfall
 
@@ -217,12 +217,12 @@ def params_budget(rt: Runtime, limit: float = math.inf) -> Budget:
     return Budget("params", coef, rt.overhead_param_bytes / rt.bytes_per_param, limit)
 
 
-def throughput_target(rt: Runtime, throughput: RelativeTarget | AbsoluteTarget | None,
+def throughput_target(rt: Runtime, throughput: ThroughputTarget | None,
                       batch: int) -> float | None:
     """Tokens/s the child must reach at `batch` (None: no throughput constraint)."""
     if throughput is None:
         return None
-    if isinstance(throughput, AbsoluteTarget):
+    if throughput.absolute is not None:
         return float(throughput.absolute)
     if batch not in rt.parent_tps:
         raise TableError(f"runtime/parent.json has no measurement at batch {batch}, needed by "
@@ -264,7 +264,7 @@ def describe(short: Shortfall, rt: Runtime, search: SearchParams, batch: int) ->
     if short.name == "throughput":
         tps, asked = batch * rt.decode_len / short.best, batch * rt.decode_len / short.limit
         thr, parent = search.throughput, rt.parent_tps.get(batch)
-        if isinstance(thr, RelativeTarget) and parent:
+        if thr is not None and thr.relative is not None and parent:
             return (f"throughput: the fastest child{where} reaches {tps / parent:.2f}x the "
                     f"parent's throughput ({tps:.1f} tokens/s at batch {batch}); asked "
                     f"{float(thr.relative):.2f}x ({asked:.1f} tokens/s)")
