@@ -11,16 +11,11 @@ machine slows them alike; the speedups are the figures to read, not the absolute
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import torch
 from parent_option import parent_dir, parser_with_parent
 
-from puzzle_dsl.evaluate.measures import generation_benchmark
+from puzzle_dsl.evaluate.benchmark import generation_benchmark
 from puzzle_dsl.model.checkpoint import load_parent
-from puzzle_dsl.model.gguf import write_gguf
-from puzzle_dsl.runtime.llama_cpp_generate import llama_cpp_benchmark
 from puzzle_dsl.runtime.synthetic import sliced_child
 
 
@@ -49,18 +44,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gguf-type", default="f32")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp())
     parent, tokenizer = load_parent(parent_dir(args))
     models = {"parent": parent} | {name: sliced_child(parent, blocks)
                                    for name, blocks in children(parent.config).items()}
-    paths = {name: write_gguf(m, tokenizer, tmp / f"{name}.gguf", args.gguf_type)
-             for name, m in models.items()}
     settings = {"batch_size": args.batch, "prefill_len": args.prefill,
                 "decode_len": args.decode, "repeats": args.repeats}
     torch.set_num_threads(args.threads)
+    # both engines under the stages' guard (contended rounds dropped, noisy figures refused)
     hf = generation_benchmark(models, **settings)["models"]
-    lc = llama_cpp_benchmark(paths, **settings, threads=args.threads,
-                             vocab_size=parent.config.vocab_size)
+    lc = generation_benchmark(models, **settings, engine="llama.cpp", tokenizer=tokenizer,
+                              gguf_type=args.gguf_type)["models"]
     print(f"greedy generation, {settings}, {args.threads} thread(s), llama.cpp {args.gguf_type}")
     print("| model | params | transformers tok/s | speedup | llama.cpp tok/s | speedup |")
     print("|---|---|---|---|---|---|")
