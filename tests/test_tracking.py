@@ -184,10 +184,9 @@ def tracked(template, tmp_path_factory) -> tuple[Path, str]:
     return root, tracking.tracking_uri(root)
 
 
-@pytest.fixture(scope="module")
-def server_process(tmp_path_factory) -> tuple[subprocess.Popen, str]:
-    """A real `mlflow server` on a free 127.0.0.1 port, started (not yet answering); its URI."""
-    store = tmp_path_factory.mktemp("mlflow_server")
+def start_mlflow_server(store: Path) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on a free 127.0.0.1 port over a SQLite file in `store`, started
+    (not yet answering); its URI."""
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -208,8 +207,15 @@ def server_process(tmp_path_factory) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def server_process(tmp_path_factory) -> tuple[subprocess.Popen, str]:
+    """The module's server, booting while the first pipeline runs."""
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"))
     try:
-        yield proc, f"http://127.0.0.1:{port}"
+        yield proc, uri
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -229,7 +235,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(uri: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_healthy(uri: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, "mlflow server exited at startup"

@@ -12,7 +12,9 @@ the stage to `.puzzle/missed_runs.jsonl`, which `replay_missed` (`puzzle-dsl log
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -264,7 +266,54 @@ def find_runs(client, exp_id: str, filters: dict[str, str], finished: bool = Tru
     )
 
 
+LOGGER_WAIT_S = 60.0  # the longest wait for another stage's logging (it takes seconds)
+LOCK_FILE = f"{lineage.STATE_DIR}/tracking.lock"
+
+
+def logger_lock_path(root: Path, uri: str) -> Path:
+    """The lock of one store: `<db>.lock` beside a SQLite file, else the pipeline's own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        return db.with_name(db.name + ".lock")
+    return root / LOCK_FILE
+
+
+@contextlib.contextmanager
+def one_logger(root: Path, wait_s: float | None = None):
+    """Let one process of this machine log to the store at a time.
+
+    Parallel stages (`dvc repro` with Dask or several repros) otherwise race: MLflow creating a
+    new SQLite store's tables twice ("table ... already exists"), two stages each creating the
+    recipe run, or a stage-key lookup missing a run being written. An advisory `flock`, so a
+    killed holder never leaves it taken; past `wait_s` an OSError sends the stage to the
+    missed-runs file like any unreachable store (default `LOGGER_WAIT_S`).
+    """
+    wait_s = LOGGER_WAIT_S if wait_s is None else wait_s
+    path = logger_lock_path(root, tracking_uri(root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError(f"another stage kept the tracking lock {path} for "
+                                  f"{wait_s:g} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _log(root: Path, snap: dict) -> str | None:
+    with one_logger(root):
+        return _log_alone(root, snap)
+
+
+def _log_alone(root: Path, snap: dict) -> str | None:
     client, exp_id = connect(root)
     if find_runs(client, exp_id, {"puzzle.stage_key": snap["key"]}):
         return None  # same cmd, deps and params already logged
