@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -118,3 +119,31 @@ def test_report_the_initial_full_repro_time(smoke_pipeline, capsys):
               f"{first.wall_s:.1f} s, CPU {first.cpu_s:.1f} s; per stage (s): "
               + ", ".join(f"{n} {t:.1f}" for n, t in slowest))
     assert set(first.stage_s) == first.ran
+
+
+def _declared_plot_ids(dvc_yaml: dict) -> set[str]:
+    """The ids `dvc plots show` should render: top-level plot ids and every stage's plot paths."""
+    entries = list(dvc_yaml.get("plots", []))
+    entries += [p for stage in dvc_yaml["stages"].values() for p in stage.get("plots", [])]
+    return {e if isinstance(e, str) else next(iter(e)) for e in entries}
+
+
+def test_dvc_plots_show_renders_every_declared_plot_with_data(smoke_pipeline, tmp_path):
+    out = smoke_pipeline.sh("dvc", "plots", "show", "--json")
+    shown, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])
+    assert not shown.get("errors"), shown["errors"]
+    data = shown["data"]
+    declared = _declared_plot_ids(yaml.safe_load((smoke_pipeline.root / "dvc.yaml").read_text()))
+    assert declared
+    missing = [d for d in declared if not any(k == d or k.startswith(d.rstrip("/") + "/")
+                                              for k in data)]
+    assert not missing, f"declared but not rendered: {missing}; rendered: {sorted(data)}"
+    for plot_id, renders in data.items():
+        for r in renders:
+            if r["type"] == "vega":
+                assert r["content"]["data"]["values"], f"{plot_id}: no data points"
+            else:  # an image: DVC points at the file it renders
+                url = Path(r["url"])
+                assert (url if url.is_absolute() else smoke_pipeline.root / url).is_file(), r
+    html = smoke_pipeline.sh("dvc", "plots", "show", "--out", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").is_file(), html

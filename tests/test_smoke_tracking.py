@@ -6,6 +6,8 @@ before it ended) are counted, because other tests rerun stages on purpose.
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from puzzle_dsl.compiler.build import CODE_STAGE
@@ -70,3 +72,54 @@ def test_a_second_repro_logs_no_run(store, smoke_pipeline):
     done = smoke_pipeline.repro()
     assert done.ran == set()
     assert len(_runs(store)) == before
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def fresh_store(request, tmp_path):
+    """A store no stage has logged to: a new SQLite file, or a real `mlflow server` over one."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/parallel.db"
+        return
+    from test_tracking import _wait_healthy, start_mlflow_server
+
+    proc, uri = start_mlflow_server(tmp_path)
+    try:
+        _wait_healthy(uri, proc)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_stages_run_at_once_lose_no_run_and_double_none(smoke_pipeline, fresh_store):
+    """Three stages forced at once (three `dvc repro --single-item`, as `puzzle-dsl repro -j`
+    runs them) into a store none has seen: the store is created once, the recipe run once."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import pipeline_env
+    from puzzle_dsl.tracking.runs import EXPERIMENT, MISSED_FILE
+
+    names = sorted(s.name for s in smoke_pipeline.pipeline.stages if s.name.startswith("score-"))[:3]
+    assert len(names) == 3, names
+    env = pipeline_env(smoke_pipeline.root, fresh_store)
+    try:
+        procs = [subprocess.Popen(["dvc", "repro", "--force", "--single-item", name],
+                                  cwd=smoke_pipeline.root, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for name in names]
+        logs = [p.communicate(timeout=600)[0] for p in procs]
+        for name, p, log in zip(names, procs, logs):
+            assert p.returncode == 0, f"{name}:\n{log}"
+            assert "WARNING" not in log, f"{name}:\n{log}"
+        assert not (smoke_pipeline.root / MISSED_FILE).exists()
+        client = MlflowClient(fresh_store)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        kinds = [r.data.tags.get("puzzle.kind") for r in runs]
+        stage_names = sorted(r.data.tags.get("puzzle.stage") for r in runs
+                             if r.data.tags.get("puzzle.kind") == "stage")
+        assert stage_names == names and kinds.count("recipe") == 1, (stage_names, kinds)
+        assert all(r.info.status == "FINISHED" for r in runs)
+    finally:
+        smoke_pipeline.reset_git()
+        smoke_pipeline.sh("dvc", "checkout", "--force", "-q")
