@@ -1,12 +1,14 @@
 """gkd-solK: global knowledge distillation of the assembled child against the parent.
 
-Runs alone or data parallel under torchrun (DDP; gloo on CPU, NCCL on GPUs, cuda:LOCAL_RANK),
-with gkd.batch_size as the global micro-batch (a multiple of the process count):
+Runs alone or under torchrun (gloo on CPU, NCCL on GPUs, cuda:LOCAL_RANK), with gkd.batch_size
+as the global micro-batch (a multiple of the process count), the models replicated (DDP) or, for
+a parent and child that do not fit one device, sharded with FSDP2:
 
     torchrun --nproc-per-node 8 $(which puzzle-dsl) run-stage gkd sol0
+    PUZZLE_GKD_SHARDING=fsdp torchrun --nproc-per-node 8 $(which puzzle-dsl) run-stage gkd sol0
 
-Only rank 0 writes the outputs, the resume checkpoint and the MLflow run. An interrupted run
-resumes from `<gkd dir>.resume.pt` when rerun with the same params.
+Only rank 0 writes the outputs and the MLflow run. An interrupted run resumes from the checkpoint
+folder `<gkd dir>.resume/` when rerun with the same params, on any number of ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ def main(params: Params, item: str | None) -> None:
     from puzzle_dsl.model.checkpoint import load_child, load_parent, save_child
     from puzzle_dsl.pipeline import layout
     from puzzle_dsl.train import distributed
+    from puzzle_dsl.train.sharding import (
+        full_state,
+        is_sharded,
+        remove_checkpoint,
+        sharding_from_env,
+    )
 
     if not item:
         raise ValueError("gkd needs a solution item: `puzzle-dsl run-stage gkd sol0`")
@@ -33,16 +41,22 @@ def main(params: Params, item: str | None) -> None:
     distributed.init_from_env(device)
     parent, _ = load_parent(layout.PARENT_DIR)
     child, tokenizer = load_child(layout.assembled_dir(item))
-    parent.to(device)
-    child.to(device)
+    if distributed.rank_world()[1] == 1 or sharding_from_env() == "ddp":
+        parent.to(device)  # FSDP moves each rank's shards to its device as it shards
+        child.to(device)
     train = np.load(Path(layout.CORPUS_DIR) / "train.npy", mmap_mode="r")
-    resume = Path(f"{layout.gkd_dir(item)}.resume.pt")
+    resume = Path(f"{layout.gkd_dir(item)}.resume")
     t0 = time.perf_counter()
     log = distill(child, parent, train, cfg, checkpoint=resume)
     seconds = time.perf_counter() - t0
+    if is_sharded(child):  # gathered whole on rank 0, into an unsharded copy
+        trained = full_state(child)
+        if distributed.is_main():
+            child, _ = load_child(layout.assembled_dir(item))
+            child.load_state_dict(trained)
     if distributed.is_main():
         save_child(child.to("cpu"), tokenizer, layout.gkd_dir(item))
         write_plot(layout.gkd_plot(item), log)
         write_json(layout.gkd_metrics(item), summary(log, seconds))
-        resume.unlink(missing_ok=True)
+        remove_checkpoint(resume)
     distributed.barrier()

@@ -57,12 +57,14 @@ def test_dev_recipe_without_the_data_says_where_to_put_it(tmp_path):
         load_recipe(clone / "recipes" / "dev.py")
 
 
-def test_committed_dev_pipeline_is_the_compiled_dev_recipe(shared_data):
-    root = REPO / "pipelines" / "dev"
-    texts = render(build_pipeline(load_recipe(REPO / "recipes" / "dev.py"), root))
+@pytest.mark.parametrize("recipe, folder", [("dev.py", "dev"), ("dev_1_5x.py", "dev-1_5x"),
+                                            ("dev_1_25x.py", "dev-1_25x")])
+def test_committed_dev_pipelines_are_their_compiled_recipes(shared_data, recipe, folder):
+    root = REPO / "pipelines" / folder
+    texts = render(build_pipeline(load_recipe(REPO / "recipes" / recipe), root))
     for name, text in texts.items():
-        assert (root / name).read_text() == text, f"pipelines/dev/{name} is stale: run " \
-            f"`puzzle-dsl compile recipes/dev.py -o pipelines/dev`"
+        assert (root / name).read_text() == text, f"pipelines/{folder}/{name} is stale: run " \
+            f"`puzzle-dsl compile recipes/{recipe} -o pipelines/{folder}`"
 
 
 @pytest.mark.pipeline

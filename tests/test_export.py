@@ -114,7 +114,7 @@ def test_gkd_stage_writes_child_metrics_and_plot(pipeline):
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and {"step", "loss", "cosine", "kl", "lr", "tokens"} <= set(rows[0])
     assert (pipeline / layout.gkd_dir("sol0") / "model.safetensors").exists()
-    assert not Path(f"{pipeline / layout.gkd_dir('sol0')}.resume.pt").exists()
+    assert not Path(f"{pipeline / layout.gkd_dir('sol0')}.resume").exists()
 
 
 def test_evaluate_stage_scores_child_before_and_after_gkd(pipeline):

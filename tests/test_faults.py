@@ -8,7 +8,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess

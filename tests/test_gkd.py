@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 from test_assemble import make_solution, write_library
 
 from puzzle_dsl.dsl.recipe import GKD
@@ -16,7 +21,12 @@ from puzzle_dsl.evaluate.measures import text_metrics
 from puzzle_dsl.gkd.distill import cosine_loss, distill, kl_loss, step_rows
 from puzzle_dsl.model.assemble import assemble_child
 from puzzle_dsl.model.checkpoint import load_child, load_parent, save_child
+from puzzle_dsl.pipeline import layout
+from puzzle_dsl.pipeline.run_stage import run_stage
+from puzzle_dsl.train import sharding as sharding_mod
 
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 SOLUTION = [("attn_kv1", "ffn_i64"), ("attn_parent", "ffn_linear"),
             ("attn_linear", "ffn_parent"), ("attn_noop", "ffn_i64")]
 CFG = GKD(tokens=8 * 32 * 6, batch_size=8, lr=2e-3, warmup_frac=0.2, checkpoint_every=3)
@@ -100,33 +110,73 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, parent_dir, child_dir, out) -> None:
+def _rank_main(rank: int, world: int, port: int, parent_dir, child_dir, out,
+               sharding: str = "ddp", checkpoint=None, stop_after=None) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ[sharding_mod.SHARDING_ENV] = sharding
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         parent, _ = load_parent(parent_dir)
         child, _ = load_child(child_dir)
-        distill(child, parent, rows(0), CFG, progress=False)
+        whole = (sharding_mod.local_numel(child), sharding_mod.local_numel(parent))
+        distill(child, parent, rows(0), CFG, checkpoint=checkpoint, stop_after=stop_after,
+                progress=False)
+        if sharding == "fsdp":
+            held = (sharding_mod.local_numel(child), sharding_mod.local_numel(parent))
+            assert all(h < 0.75 * w for h, w in zip(held, whole)), (held, whole)
+            state = sharding_mod.full_state(child)
+        else:
+            state = child.state_dict()
         if rank == 0:
-            torch.save(child.state_dict(), out)
+            torch.save(state, out)
     finally:
         dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_match_one_process(tiny_parent_dir, child_dir, tmp_path):
-    out = tmp_path / "ddp.pt"
+def _two_ranks(tiny_parent_dir, child_dir, out, sharding="ddp", checkpoint=None,
+               stop_after=None) -> dict:
     # fork: the workers inherit the imported modules instead of re-importing torch + transformers
-    mp.start_processes(_rank_main, args=(2, _free_port(), tiny_parent_dir, child_dir, out),
+    mp.start_processes(_rank_main, args=(2, _free_port(), tiny_parent_dir, child_dir, out,
+                                         sharding, checkpoint, stop_after),
                        nprocs=2, start_method="fork")
+    return torch.load(out, weights_only=True)
+
+
+def _one_process(tiny_parent_dir, child_dir, checkpoint=None) -> tuple[dict, list]:
     parent, _ = load_parent(tiny_parent_dir)
     single, _ = load_child(child_dir)
-    distill(single, parent, rows(0), CFG, progress=False)
-    diff = max_diff(params_of(single), torch.load(out, weights_only=True))
-    print(f"largest parameter difference, 2 gloo ranks vs 1 process: {diff:.3e}")
+    log = distill(single, parent, rows(0), CFG, checkpoint=checkpoint, progress=False)
+    return params_of(single), log
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_gloo_ranks_match_one_process(tiny_parent_dir, child_dir, tmp_path, sharding):
+    ranks = _two_ranks(tiny_parent_dir, child_dir, tmp_path / "ranks.pt", sharding)
+    diff = max_diff(_one_process(tiny_parent_dir, child_dir)[0], ranks)
+    print(f"largest parameter difference, 2 gloo ranks ({sharding}) vs 1 process: {diff:.3e}")
     assert diff < 1e-5
+
+
+def test_a_checkpoint_two_fsdp_ranks_wrote_resumes_on_one_process(tiny_parent_dir, child_dir,
+                                                                  tmp_path):
+    ckpt = tmp_path / "gkd.resume"
+    _two_ranks(tiny_parent_dir, child_dir, tmp_path / "ranks.pt", "fsdp", ckpt, stop_after=4)
+    shards = sorted(p.name for p in (ckpt / sharding_mod.TENSORS_DIR).glob("*.safetensors"))
+    assert len(shards) == 2, shards  # each rank wrote its own
+    resumed, log = _one_process(tiny_parent_dir, child_dir, checkpoint=ckpt)
+    straight, straight_log = _one_process(tiny_parent_dir, child_dir)
+    assert len(log) == len(straight_log) == CFG.total_steps(32)
+    assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in straight_log], rel=1e-4)
+    assert max_diff(straight, resumed) < 1e-5
+
+
+def test_an_unknown_sharding_names_the_variable_and_the_choices(monkeypatch):
+    monkeypatch.setenv(sharding_mod.SHARDING_ENV, "zero3")
+    with pytest.raises(ValueError, match="PUZZLE_GKD_SHARDING='zero3' .* ddp, fsdp"):
+        sharding_mod.sharding_from_env()
 
 
 def test_checkpoint_of_other_params_is_not_resumed(tiny_parent_dir, child_dir, tmp_path):
@@ -150,3 +200,45 @@ def test_unknown_gkd_params_are_rejected():
 
 def test_gkd_betas_are_a_recipe_field_compiled_to_params():
     assert GKD(betas=[0.8, 0.9]).section()["betas"] == [0.8, 0.9]
+
+
+def _gkd_pipeline(root, parent_dir, child_dir):
+    """A pipeline dir holding what the gkd-sol0 stage reads: parent, assembled child, corpus."""
+    shutil.copytree(parent_dir, root / layout.PARENT_DIR)
+    shutil.copytree(child_dir, root / layout.assembled_dir("sol0"))
+    (root / layout.CORPUS_DIR).mkdir(parents=True)
+    np.save(root / layout.CORPUS_DIR / "train.npy", rows(0))
+    (root / "stages").symlink_to(REPO / "stages")
+    (root / "params.yaml").write_text(yaml.safe_dump({"gkd": CFG.section()}))
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"gkd-sol0": {
+        "cmd": "puzzle-dsl run-stage gkd sol0", "params": ["gkd"]}}}))
+    return root
+
+
+def test_the_gkd_stage_under_torchrun_fsdp_writes_the_child_one_process_writes(
+        tiny_parent_dir, child_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "PUZZLE_TRACKING": "0", "OMP_NUM_THREADS": "1",
+           sharding_mod.SHARDING_ENV: "fsdp"}
+    two = _gkd_pipeline(tmp_path / "two", tiny_parent_dir, child_dir)
+    proc = subprocess.Popen(  # started first: it runs while the single process trains below
+        [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2",
+         str(BIN / "puzzle-dsl"), "run-stage", "gkd", "sol0"],
+        cwd=two, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    one = _gkd_pipeline(tmp_path / "one", tiny_parent_dir, child_dir)
+    cwd = os.getcwd()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PUZZLE_TRACKING", "0")
+        try:
+            os.chdir(one)
+            run_stage("gkd", "sol0", one)
+        finally:
+            os.chdir(cwd)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    ref, got = (load_file(str(r / layout.gkd_dir("sol0") / "model.safetensors"))
+                for r in (one, two))
+    assert ref.keys() == got.keys()
+    assert max_diff(ref, got) < 1e-5
+    assert not (two / f"{layout.gkd_dir('sol0')}.resume").exists()

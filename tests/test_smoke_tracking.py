@@ -94,9 +94,9 @@ def fresh_store(request, tmp_path):
 def test_stages_run_at_once_lose_no_run_and_double_none(smoke_pipeline, fresh_store):
     """Three stages forced at once (three `dvc repro --single-item`, as `puzzle-dsl repro -j`
     runs them) into a store none has seen: the store is created once, the recipe run once."""
+    from conftest import pipeline_env
     from mlflow.tracking import MlflowClient
 
-    from conftest import pipeline_env
     from puzzle_dsl.tracking.runs import EXPERIMENT, MISSED_FILE
 
     names = sorted(s.name for s in smoke_pipeline.pipeline.stages if s.name.startswith("score-"))[:3]

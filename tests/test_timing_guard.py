@@ -44,6 +44,13 @@ def test_contended_rounds_are_dropped_and_measured_again():
     assert m.stats("x")[0] == pytest.approx(1.0)  # the contended 9 s round is gone
 
 
+def test_the_progress_bar_counts_every_round_and_ends_full(capsys):
+    measure_rounds(run([9.0, 1.0, 1.01, 0.99]), bounds(), what="runtime batch 2", where="W",
+                   probe=scripted([0.5, 0.0, 0.0, 0.0]))
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("runtime batch 2: 100%") and "4/4" in bar  # 3 kept + 1 dropped
+
+
 def test_a_timing_that_stays_contended_is_refused_with_what_how_much_and_the_fix():
     with pytest.raises(NoisyTiming) as err:
         measure_rounds(run([2.0] * 6), bounds(), what="runtime (batch 2)",

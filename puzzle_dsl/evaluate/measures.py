@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from puzzle_dsl.pipeline.progress import token_bar
 from puzzle_dsl.train.losses import next_token_nll, token_kl
 
 
@@ -32,6 +33,7 @@ def text_metrics(models: Mapping[str, torch.nn.Module], parent: torch.nn.Module,
         raise ValueError("no held-out rows to evaluate on: the corpus valid split is empty")
     device = next(parent.parameters()).device
     per_row = {name: {"kl": [], "lm_loss": [], "top1_agreement": []} for name in models}
+    bar = token_bar(int(rows.size), f"KL and perplexity of {', '.join(models)}")
     for start in range(0, len(rows), batch_size):
         ids = torch.from_numpy(np.asarray(rows[start:start + batch_size], dtype=np.int64)).to(device)
         p_log = F.log_softmax(parent(input_ids=ids, use_cache=False).logits.float(), -1)  # (B,T,V)
@@ -42,6 +44,8 @@ def text_metrics(models: Mapping[str, torch.nn.Module], parent: torch.nn.Module,
             got["kl"] += token_kl(p_log, m_log).mean(-1).tolist()  # (B,)
             got["lm_loss"] += next_token_nll(m_log, ids).mean(-1).tolist()
             got["top1_agreement"] += (m_log.argmax(-1) == p_log.argmax(-1)).float().mean(-1).tolist()
+        bar.update(int(ids.numel()))
+    bar.close()
     return {name: _with_intervals(got, int(rows.size)) for name, got in per_row.items()}
 
 

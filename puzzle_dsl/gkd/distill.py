@@ -4,11 +4,13 @@ loss = cosine_weight * sum_layers mean_tokens (1 - cos(h_child, h_parent))
      + kl_weight * mean_tokens KL(parent || child) + lm_loss_weight * LM loss (off by default).
 Hidden states are the outputs of each decoder layer, aligned layer by layer.
 
-Runs on one process, or under `torchrun` (DDP: gloo on CPU, NCCL on GPU): every micro-batch of
-`batch_size` sequences is split across ranks, so the same global batch gives the same result
-(within float tolerance). The data order depends only on (seed, step), and checkpoints hold
-model + optimizer + scheduler + RNG + step + log, so an interrupted run resumes to the result of
-an uninterrupted one. Only rank 0 writes files.
+Runs on one process, or under `torchrun` (gloo on CPU, NCCL on GPU) with the child and parent
+replicated (DDP, the default) or sharded (`PUZZLE_GKD_SHARDING=fsdp`: FSDP2, train/sharding.py):
+every micro-batch of `batch_size` sequences is split across ranks, so the same global batch gives
+the same result (within float tolerance). The data order depends only on (seed, step), and
+checkpoints hold model + optimizer + scheduler + RNG + step + log in a folder any layout loads,
+so an interrupted run resumes (on the same or another number of ranks) to the result of an
+uninterrupted one. Only rank 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -26,9 +28,15 @@ from puzzle_dsl.dsl.recipe import GKD
 from puzzle_dsl.pipeline.atomic import atomic_file
 from puzzle_dsl.pipeline.progress import token_bar
 from puzzle_dsl.train.batches import epoch_rows
-from puzzle_dsl.train.distributed import barrier, mean_across_ranks, rank_slice, rank_world
+from puzzle_dsl.train.distributed import mean_across_ranks, rank_slice, rank_world
 from puzzle_dsl.train.losses import next_token_nll, token_kl
 from puzzle_dsl.train.optim import make_optimizer, warmup_cosine_scheduler
+from puzzle_dsl.train.sharding import (
+    load_checkpoint,
+    save_checkpoint,
+    shard_decoder,
+    sharding_from_env,
+)
 
 PLOT_COLUMNS = ("step", "loss", "cosine", "kl", "lm_loss", "lr", "tokens")
 
@@ -87,20 +95,6 @@ def step_rows(n_seq: int, step: int, micro: int, cfg: GKD) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temp file, then rename (never a half-written checkpoint)."""
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
-    """The checkpoint at `path` if it belongs to this run (same fingerprint), else None."""
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state if state.get("fingerprint") == fingerprint else None
-
-
 def run_fingerprint(cfg: GKD, child: torch.nn.Module, seq_len: int, n_seq: int) -> str:
     """What a checkpoint must match to be resumed: the params and the child's architecture."""
     return repr((cfg.section(), child.config.block_configs, seq_len, n_seq))
@@ -112,8 +106,8 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
             progress: bool = True) -> list[dict]:
     """Train `child` in place against the frozen `parent` on rows of `train` (int [n_seq, T]).
 
-    Returns the log (one dict per optimizer step, PLOT_COLUMNS). `checkpoint`: file to resume
-    from and save to every cfg.checkpoint_every steps. `stop_after`: stop after that many steps
+    Returns the log (one dict per optimizer step, PLOT_COLUMNS). `checkpoint`: folder to resume
+    from and save to every cfg.checkpoint_every steps (train/sharding.py). `stop_after`: stop after that many steps
     (an interruption, for tests).
     """
     rank, world = rank_world()
@@ -123,21 +117,24 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
     parent.eval().requires_grad_(False)
     child.train()
     torch.manual_seed(cfg.seed)
+    fingerprint = run_fingerprint(cfg, child, seq_len, n_seq)
+    fsdp = world > 1 and sharding_from_env() == "fsdp"
+    if fsdp:  # before the optimizer: it must hold the sharded parameters
+        shard_decoder(child)
+        shard_decoder(parent)
+        device = next(child.parameters()).device  # where FSDP put this rank's shards
     optimizer = make_optimizer(child.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
     scheduler = warmup_cosine_scheduler(optimizer, total, cfg.warmup_frac)
-    fingerprint = run_fingerprint(cfg, child, seq_len, n_seq)
     ckpt_path = Path(checkpoint) if checkpoint else None
     log: list[dict] = []
     start = 0
-    state = load_checkpoint(ckpt_path, fingerprint) if ckpt_path else None
+    state = load_checkpoint(ckpt_path, child, optimizer, fingerprint) if ckpt_path else None
     if state is not None:
-        child.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start, log = int(state["step"]), list(state["log"])
     forward = child
-    if world > 1:
+    if world > 1 and not fsdp:
         ids = [device.index] if device.type == "cuda" else None
         forward = torch.nn.parallel.DistributedDataParallel(child, device_ids=ids)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len
@@ -150,7 +147,7 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
             rows = np.sort(rank_slice(rows, rank, world, "gkd batch_size"))
             ids = torch.from_numpy(np.asarray(train[rows], dtype=np.int64)).to(device)  # (b, T)
             sync = micro == cfg.grad_accum - 1 or world == 1
-            ctx = contextlib.nullcontext() if sync else forward.no_sync()
+            ctx = contextlib.nullcontext() if sync or fsdp else forward.no_sync()
             with ctx:
                 loss, parts = distill_loss(child, parent, ids, cfg, forward)
                 (loss / cfg.grad_accum).backward()
@@ -168,12 +165,9 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
         bar.update(tokens_per_step)
         bar.set_postfix(loss=f"{parts_mean['loss']:.4f}")
         if ckpt_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            if rank == 0:
-                save_checkpoint(ckpt_path, {
-                    "model": child.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                    "step": step + 1, "log": log, "fingerprint": fingerprint})
-            barrier()
+            save_checkpoint(ckpt_path, child, optimizer, {
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                "step": step + 1, "log": log, "fingerprint": fingerprint})
         if stop_after is not None and step + 1 - start >= stop_after:
             break
     bar.close()

@@ -1,7 +1,7 @@
 """A failed stage: one message (what, where, how to fix) and no partial outputs left behind.
 
 The traceback is shown only with PUZZLE_DEBUG=1. Resume state (BLD's `.V.resume/`, GKD's
-`.resume.pt`) lies outside a stage's outputs, so removing outputs never loses it.
+`.resume/`) lies outside a stage's outputs, so removing outputs never loses it.
 """
 
 from __future__ import annotations

@@ -13,11 +13,19 @@ from collections.abc import Iterable, Iterator
 
 from tqdm import tqdm
 
+tqdm.monitor_interval = 0  # no monitor thread: it would wake inside timed rounds
+
 
 def token_bar(total: int, desc: str, initial: int = 0, disable: bool = False) -> tqdm:
     """A bar over `total` tokens: count, tokens/s (k/M scaled) and time left."""
+    return step_bar(total, desc, "tok", initial=initial, disable=disable, scale=True)
+
+
+def step_bar(total: int, desc: str, unit: str, initial: int = 0, disable: bool = False,
+             scale: bool = False) -> tqdm:
+    """A bar over `total` units of work (timing rounds, tokens, ...) with the time left."""
     tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, unit="tok", unit_scale=True,
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=scale,
                 smoothing=0, mininterval=0.5 if tty else 30, file=sys.stderr, disable=disable,
                 dynamic_ncols=tty)
 

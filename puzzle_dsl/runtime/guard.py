@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from puzzle_dsl.pipeline.progress import step_bar
 from puzzle_dsl.runtime.conditions import Load, Probe, describe, summarize
 
 
@@ -102,25 +103,35 @@ def measure_rounds(run_round: Callable[[int], Round], bounds: Bounds, *, what: s
     dropped: list[Load] = []
     problems: list[str] = []
     total = bounds.repeats + bounds.extra_rounds
-    for index in range(total):
-        with probe(threads) as p:
-            times = run_round(index)
-        load = p.load
-        share = load.contention
-        if bounds.max_wait is not None and share > bounds.max_wait:
-            dropped.append(load)
-            print(f"{what}: round {index + 1} dropped: the timed threads waited {share:.0%} of "
-                  f"it for a CPU (limit {bounds.max_wait:.0%})", flush=True)
-            continue
-        kept.append((times, load))
-        if len(kept) >= bounds.repeats:
+    with step_bar(bounds.repeats, what, "round") as bar:  # grows as rounds are dropped or redone
+
+        def tick(index: int, still_needed: int) -> None:
+            bar.total = index + 1 + still_needed
+            bar.update(1)
+
+        for index in range(total):
+            with probe(threads) as p:
+                times = run_round(index)
+            load = p.load
+            share = load.contention
+            if bounds.max_wait is not None and share > bounds.max_wait:
+                dropped.append(load)
+                tick(index, bounds.repeats - len(kept))
+                bar.write(f"{what}: round {index + 1} dropped: the timed threads waited "
+                          f"{share:.0%} of it for a CPU (limit {bounds.max_wait:.0%})")
+                continue
+            kept.append((times, load))
+            if len(kept) < bounds.repeats:
+                tick(index, bounds.repeats - len(kept))
+                continue
             window = kept[-bounds.repeats:]
             problems = check([r for r, _ in window]) if check else []
             if not problems:
+                tick(index, 0)
                 return Measured([r for r, _ in window], [x for _, x in window], index + 1,
                                 len(dropped))
-            print(f"{what}: round {index + 1}: {'; '.join(problems)}; measuring again",
-                  flush=True)
+            tick(index, 1)
+            bar.write(f"{what}: round {index + 1}: {'; '.join(problems)}; measuring again")
     raise NoisyTiming(_message(what, where, bounds, total, kept, dropped, problems))
 
 
