@@ -107,8 +107,8 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
     """Train `child` in place against the frozen `parent` on rows of `train` (int [n_seq, T]).
 
     Returns the log (one dict per optimizer step, PLOT_COLUMNS). `checkpoint`: folder to resume
-    from and save to every cfg.checkpoint_every steps (train/sharding.py). `stop_after`: stop after that many steps
-    (an interruption, for tests).
+    from and save to every cfg.checkpoint_every steps (train/sharding.py). `stop_after`: stop
+    after that many steps (an interruption, for tests).
     """
     rank, world = rank_world()
     device = next(child.parameters()).device

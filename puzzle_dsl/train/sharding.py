@@ -44,7 +44,7 @@ def shard_decoder(model: torch.nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
 
     for layer in model.model.layers:
-        if any(True for _ in layer.parameters()):  # a no-op/no-op layer has none
+        if next(layer.parameters(), None) is not None:  # a no-op/no-op layer has none
             fully_shard(layer)
     fully_shard(model)
 
@@ -106,8 +106,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
                  storage_writer=HuggingFaceStorageWriter(str(tmp / TENSORS_DIR),
                                                          save_distributed=world > 1))
     if rank == 0:
-        groups = [{k: v for k, v in g.items()} for g in optim_sd["param_groups"]]
-        torch.save({**extra, "param_groups": groups}, tmp / STATE_FILE)
+        torch.save({**extra, "param_groups": optim_sd["param_groups"]}, tmp / STATE_FILE)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
