@@ -90,3 +90,34 @@ def test_retention_carries_a_95_interval_and_puzzle_a_paired_test_per_baseline()
     assert "vs_sol0_diff" not in rows["depth"]
     line = markdown(rows).splitlines()[3]
     assert "[" in line and "vs depth (p 0.00)" in line
+
+
+def test_above_chance_share_puts_a_guessing_child_at_zero_and_the_parent_at_one():
+    def items(arc_right: int, n: int = 200) -> dict:  # 4 choices per item: chance 0.25
+        return {"arc_easy": {"acc_norm": [1.0] * arc_right + [0.0] * (n - arc_right),
+                             "chance": [0.25] * n},
+                "lambada": {"acc": [1.0] * arc_right + [0.0] * (n - arc_right),
+                            "chance": [0.0] * n}}
+
+    def model(acc: float) -> dict:
+        return {"params": 1, "kv_bytes_per_token": 1, "kl": 0.0, "perplexity": 1.0,
+                "tasks": {"arc_easy": {"acc_norm": acc}, "lambada": {"acc": acc}}}
+
+    rows = results_table(model(0.5), {"sol0": {"gkd": model(0.25), "assembled": model(0.25)}},
+                         {"sol0": {}}, bench(), {"parent": items(100), "sol0": items(50)})
+    chance = (0.25 + 0.0) / 2
+    assert rows["parent"]["chance_acc"] == pytest.approx(chance)
+    assert rows["parent"]["above_chance"] == 1.0
+    sol = rows["sol0"]
+    assert sol["retained_acc"] == pytest.approx(0.5)  # "retains half" while it only guesses
+    assert sol["above_chance"] == pytest.approx((0.25 - chance) / (0.5 - chance))
+    assert sol["above_chance_lo"] < sol["above_chance"] < sol["above_chance_hi"]
+    text = markdown(rows)
+    assert "above chance [95%]" in text.splitlines()[0]
+    assert "chance 0.125 on these items" in text
+
+
+def test_items_without_their_chance_leave_the_share_out():
+    rows = results_table(PARENT, {"sol0": child(0.4, 0.55)}, {"sol0": {}}, bench(),
+                         {"parent": _items(100, 120), "sol0": _items(80, 110)})
+    assert "above_chance" not in rows["sol0"] and rows["sol0"]["retained_acc_lo"] is not None

@@ -299,8 +299,8 @@ def test_shared_benchmark_scores_offline_on_the_tiny_parent(shared_scores, task)
         assert 0.0 <= metrics["acc_norm"] <= 1.0
 
 
-def test_every_local_format_runs_through_lm_eval(tmp_path, tiny):
-    from puzzle_dsl.tasks.runner import evaluate_tasks
+def test_every_local_format_runs_through_lm_eval_and_records_each_items_chance(tmp_path, tiny):
+    from puzzle_dsl.tasks.runner import run_tasks
 
     (tmp_path / "lambada.txt").write_text("the cat sat on the mat\nshe opened the old door\n")
     tasks = [
@@ -309,11 +309,14 @@ def test_every_local_format_runs_through_lm_eval(tmp_path, tiny):
         {"name": "winogrande", "path": str(_write_jsonl(tmp_path / "wg.jsonl", [WINOGRANDE_REC]))},
         {"name": "lambada_openai", "path": str(tmp_path / "lambada.txt")},
     ]
-    scores = evaluate_tasks(*tiny, tasks, limit=2)
+    scores, items = run_tasks(*tiny, tasks, limit=2)
     assert set(scores["piqa"]) == {"acc", "acc_norm"}
     assert set(scores["winogrande"]) == {"acc"}
     assert scores["lambada_openai"]["perplexity"] > 1.0
     assert 0.0 <= scores["hellaswag"]["acc_norm"] <= 1.0
+    chance = {task: got["chance"] for task, got in items.items()}  # 1 / choices; 0: free answer
+    assert chance == {"piqa": [0.5, 0.5], "hellaswag": [0.25], "winogrande": [0.5],
+                      "lambada_openai": [0.0, 0.0]}
 
 
 @pytest.mark.slow
@@ -341,3 +344,4 @@ def test_per_item_scores_average_to_the_task_score_and_give_its_stderr(tmp_path,
     acc = items["piqa"]["acc"]
     assert len(acc) == 5 and scores["piqa"]["acc"] == pytest.approx(sum(acc) / 5)
     assert scores["piqa"]["acc_stderr"] == pytest.approx(np.std(acc, ddof=1) / 5**0.5)
+    assert items["piqa"]["chance"] == [0.5] * 5  # two solutions to choose from

@@ -47,6 +47,20 @@ def retention_interval(child: Mapping[str, Sequence[float]], parent: Mapping[str
     return out
 
 
+def above_chance_interval(child: Mapping[str, Sequence[float]],
+                          parent: Mapping[str, Sequence[float]], chance: float, *,
+                          draws: int = DRAWS, seed: int = 0, level: float = LEVEL
+                          ) -> dict[str, float]:
+    """(child - chance) / (parent - chance) of the average over tasks: the share of the
+    parent's above-chance accuracy the child keeps (0: guessing, 1: the parent's), items
+    resampled per task and paired as in `retention_interval`. `chance` is the guessing
+    average of these items (fixed per item, so it does not vary across replicates)."""
+    out = _paired_statistic(child, parent, lambda c, p: (c - chance) / (p - chance), draws,
+                            seed, level)
+    out.pop("replicates")
+    return out
+
+
 def paired_difference(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]], *,
                       draws: int = DRAWS, seed: int = 0, level: float = LEVEL
                       ) -> dict[str, float]:

@@ -2,7 +2,10 @@
 the benchmark (speed: median over interleaved rounds, with its spread and conditions).
 
 Accuracy per task is `acc_norm` where lm-eval reports it (ARC, OpenBookQA) and `acc` otherwise
-(BoolQ, COPA); `avg_acc` is their mean and `retained_acc` its share of the parent's.
+(BoolQ, COPA); `avg_acc` is their mean and `retained_acc` its share of the parent's. Where the
+items carry their guessing odds (`chance`: 1/choices, 0 for LAMBADA), `above_chance` is the
+share of the parent's accuracy *above chance* a child keeps: 0 for a model that guesses, which
+`retained_acc` would put at chance / parent (0.6 on HellaSwag, PIQA, ARC-Easy and LAMBADA).
 """
 
 from __future__ import annotations
@@ -72,18 +75,39 @@ def accuracy_items(per_task: Mapping[str, Mapping[str, list]]) -> dict[str, list
     return out
 
 
+def chance_average(per_task: Mapping[str, Mapping[str, list]]) -> float | None:
+    """The guessing accuracy averaged over tasks (each task's mean per-item `chance`), or None
+    when a task's items do not carry it (files written before it was recorded)."""
+    tasks = accuracy_items(per_task)
+    if not tasks or any("chance" not in per_task[t] or not per_task[t]["chance"] for t in tasks):
+        return None
+    return sum(sum(per_task[t]["chance"]) / len(per_task[t]["chance"]) for t in tasks) / len(tasks)
+
+
 def _add_intervals(rows: dict[str, dict], items: Mapping[str, Mapping]) -> None:
-    from puzzle_dsl.evaluate.intervals import paired_difference, retention_interval
+    from puzzle_dsl.evaluate.intervals import (above_chance_interval, paired_difference,
+                                               retention_interval)
 
     acc = {name: accuracy_items(items.get(name, {})) for name in rows}
     if not acc["parent"]:
         return
+    chance = chance_average(items["parent"])
+    parent_avg = rows["parent"]["avg_acc"]
+    above = chance is not None and parent_avg is not None and parent_avg > chance
     baselines = [n for n, r in rows.items() if r["kind"] not in ("parent", "puzzle")]
     for name, row in rows.items():
-        if name == "parent" or sorted(acc[name]) != sorted(acc["parent"]):
+        if name == "parent":
+            if above:
+                row.update(chance_acc=chance, above_chance=1.0)
+            continue
+        if sorted(acc[name]) != sorted(acc["parent"]):
             continue
         ret = retention_interval(acc[name], acc["parent"])
         row.update(retained_acc_lo=ret["lo"], retained_acc_hi=ret["hi"])
+        if above:
+            share = above_chance_interval(acc[name], acc["parent"], chance)
+            row.update(chance_acc=chance, above_chance=share["value"],
+                       above_chance_lo=share["lo"], above_chance_hi=share["hi"])
         if row["kind"] != "puzzle":
             continue
         for base in baselines:
@@ -138,12 +162,11 @@ def speed_note(bench: Mapping) -> str:
     return note
 
 
-def retained_cell(row: Mapping) -> str:
-    """'0.912 [0.871, 0.950]': retention with its 95% interval where items were kept."""
-    if row.get("retained_acc_lo") is None:
-        return _fmt(row.get("retained_acc"))
-    return (f"{_fmt(row['retained_acc'])} [{_fmt(row['retained_acc_lo'])}, "
-            f"{_fmt(row['retained_acc_hi'])}]")
+def interval_cell(row: Mapping, key: str) -> str:
+    """'0.912 [0.871, 0.950]': `row[key]` with its 95% interval (`key_lo`, `key_hi`) if kept."""
+    if row.get(f"{key}_lo") is None:
+        return _fmt(row.get(key))
+    return f"{_fmt(row[key])} [{_fmt(row[f'{key}_lo'])}, {_fmt(row[f'{key}_hi'])}]"
 
 
 def paired_cell(row: Mapping) -> str:
@@ -159,7 +182,7 @@ def markdown(rows: Mapping[str, Mapping], bench: Mapping | None = None) -> str:
     """The table as Markdown, one line per model (and how speed was measured)."""
     tasks = sorted({t for r in rows.values() for t in r["tasks"]})
     head = ["model", "kind", "speedup (measured)", "predicted", "params", "KV B/token", "KL",
-            "ppl", *tasks, "avg acc", "retained [95%]", "paired difference"]
+            "ppl", *tasks, "avg acc", "retained [95%]", "above chance [95%]", "paired difference"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         g = r.get  # a value the store dropped (None) shows as missing
@@ -167,8 +190,13 @@ def markdown(rows: Mapping[str, Mapping], bench: Mapping | None = None) -> str:
                  _fmt(g("predicted_speedup"), 2),
                  _fmt(g("params")), _fmt(g("kv_bytes_per_token")), _fmt(g("kl")),
                  _fmt(g("perplexity"), 1), *(_fmt(r["tasks"].get(t)) for t in tasks),
-                 _fmt(g("avg_acc")), retained_cell(r), paired_cell(r)]
+                 _fmt(g("avg_acc")), interval_cell(r, "retained_acc"), interval_cell(r, "above_chance"),
+                 paired_cell(r)]
         lines.append("| " + " | ".join(cells) + " |")
+    chance = next((r["chance_acc"] for r in rows.values() if r.get("chance_acc") is not None), None)
+    if chance is not None:
+        lines += ["", f"Above chance: (accuracy - chance) / (the parent's - chance), chance "
+                      f"{chance:.3f} on these items (1 / choices; 0 where the answer is free)."]
     if bench:
         lines += ["", speed_note(bench)]
     return "\n".join(lines) + "\n"

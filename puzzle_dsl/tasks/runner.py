@@ -22,14 +22,23 @@ def _metrics(task_result: dict) -> dict[str, float]:
     return out
 
 
+def _chance(sample: dict) -> float:
+    """The accuracy of guessing on one item: 1 / choices for a multiple-choice item (one
+    loglikelihood request per choice), 0 for a single-target item (LAMBADA's word)."""
+    n = len(sample.get("arguments") or ())
+    return 1.0 / n if n > 1 else 0.0
+
+
 def _item_scores(samples: list[dict]) -> dict[str, list[float]]:
-    """{metric: [score of each item, in document order]} for the per-item metrics (acc, ...)."""
+    """{metric: [score of each item, in document order]} for the per-item metrics (acc, ...),
+    and `chance`: each item's guessing accuracy."""
     if not samples:
         return {}
     samples = sorted(samples, key=lambda s: s["doc_id"])
     names = [m for m in samples[0].get("metrics", [])
              if isinstance(samples[0].get(m), (int, float)) and not isinstance(samples[0][m], bool)]
-    return {m: [float(s[m]) for s in samples] for m in names}
+    return {**{m: [float(s[m]) for s in samples] for m in names},
+            "chance": [_chance(s) for s in samples]}
 
 
 def evaluate_tasks(
