@@ -15,7 +15,11 @@ float tolerance (bld.common.batch_size stays the global batch and must divide by
     torchrun --nproc-per-node 8 $(which puzzle-dsl) run-stage bld attn_kv1
 
 Ranks use gloo on the CPU, NCCL on GPUs (cuda:LOCAL_RANK); only rank 0 writes the outputs, the
-resume checkpoint and the MLflow run.
+resume checkpoint and the MLflow run. For a parent that one device cannot hold, shard it by
+layer (train/layer_shards.py): each rank loads only its shard's layers, and the shards' blocks
+are gathered to rank 0 for the library (8 ranks = 4 layer shards x 2 data replicas here):
+
+    PUZZLE_BLD_LAYER_SHARDS=4 torchrun --nproc-per-node 8 $(which puzzle-dsl) run-stage bld attn_kv1
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ def main(params: Params, item: str | None) -> None:
     from puzzle_dsl.model.library import parent_shape_of
     from puzzle_dsl.train import distributed
     from puzzle_dsl.train.batches import TrainBatches, iter_batches
+    from puzzle_dsl.train.layer_shards import (layer_grid, load_parent_layers, materialised_layers,
+                                               move_materialised)
 
     if not item:
         raise ValueError("the bld stage trains one variant: `puzzle-dsl run-stage bld VARIANT`")
@@ -73,26 +79,36 @@ def main(params: Params, item: str | None) -> None:
     subblock, spec = params.space.variant(item)
     device = distributed.local_device(settings.device)
     distributed.init_from_env(device)
-    _, world = distributed.rank_world()
-    if settings.batch_size % world:
-        raise ValueError(f"bld.common.batch_size={settings.batch_size} is the global batch: it "
-                         f"must be a multiple of the {world} torchrun processes; change it or "
-                         "--nproc-per-node")
-    parent, _ = load_parent(layout.PARENT_DIR, dtype=torch.float32)
-    shape = parent_shape_of(parent.config)
+    shape = parent_shape_of(_parent_config())
     if not needs_training(subblock, spec, shape):
         raise ValueError(f"variant {item} ({spec['kind']}) is a no-op or the parent's own block: "
                          "it needs no BLD stage")
     layers = sorted(int(i) for i in spec["layers"])
     if not layers or layers[0] < 0 or layers[-1] >= shape.num_hidden_layers:
         raise ValueError(f"variant {item}: layers {layers} must be within 0..{shape.num_hidden_layers - 1}")
-    parent = parent.to(device)
+    grid = layer_grid(layers[-1] + 1)  # the pass runs the parent's layers 0..last
+    if settings.batch_size % grid.replicas:
+        raise ValueError(f"bld.common.batch_size={settings.batch_size} is the global batch: it "
+                         f"must be a multiple of the {grid.replicas} data replicas (torchrun "
+                         "processes / layer shards); change it or --nproc-per-node")
+    if grid.sharded:
+        parent = load_parent_layers(layout.PARENT_DIR, grid.layers, embeddings=grid.shard == 0)
+        parent = move_materialised(parent, device)
+        real = materialised_layers(parent)
+        print(f"bld-{item}: rank {distributed.rank_world()[0]} = layer shard {grid.shard + 1}/"
+              f"{grid.shards}, replica {grid.replica + 1}/{grid.replicas}: parent layers "
+              f"{real[0]}..{real[-1]} in memory ({len(real)} of {shape.num_hidden_layers}), "
+              f"embeddings {'in memory' if not parent.model.embed_tokens.weight.is_meta else 'not'}",
+              flush=True)
+    else:
+        parent = load_parent(layout.PARENT_DIR, dtype=torch.float32)[0].to(device)
+    held = [i for i in layers if grid.holds(i)] if grid.sharded else layers
 
     base = "paper" if settings.init == "least_squares" else settings.init  # LS refits paper's
     needs_calibration = subblock == "ffn" and spec["kind"] == "swiglu" and base == "paper"
-    contributions = _contributions(layers) if needs_calibration else {}
+    contributions = _contributions(held) if needs_calibration else {}
     job = VariantJob(item, subblock, spec)
-    for i in layers:
+    for i in held:
         job.blocks[i] = make_block(parent, subblock, spec, i, base, settings.seed,
                                    contributions.get(i), name=item)
 
@@ -106,7 +122,8 @@ def main(params: Params, item: str | None) -> None:
             raise ValueError("bld.common.init least_squares fits on the calibration tokens, but "
                              "this stage does not track the `calibrate` params: recompile")
         fits = least_squares_init(parent, subblock, job.blocks, iter_batches(
-            corpus / "train.npy", cal.batch_size, limit_tokens=cal.tokens, key="calibrate.tokens"))
+            corpus / "train.npy", cal.batch_size, limit_tokens=cal.tokens, key="calibrate.tokens"),
+            grid)
     batches = TrainBatches(corpus / "train.npy", settings.batch_size, settings.seed)
     valid = np.load(corpus / "valid.npy", mmap_mode="r")
     eval_ids = torch.from_numpy(np.asarray(valid[: settings.batch_size], dtype=np.int64))  # (B, T)
@@ -117,14 +134,53 @@ def main(params: Params, item: str | None) -> None:
     if needs_calibration:
         inputs.append(Path(layout.CALIBRATION_FILE))
     fingerprint = fingerprint_of(settings, subblock, spec, params.calibrate,
-                                 [p for p in inputs if p.exists()])
-    result = train(parent, [job], batches, eval_ids, settings,
-                   checkpoint=resume_dir / "checkpoint.pt", fingerprint=fingerprint,
-                   checkpoint_every=settings.checkpoint_every)
+                                 [p for p in inputs if p.exists()],
+                                 *([grid.describe()] if grid.sharded else []))
+    name = f"checkpoint-shard{grid.shard}of{grid.shards}.pt" if grid.sharded else "checkpoint.pt"
+    result = train(parent, [job], batches, eval_ids, settings, checkpoint=resume_dir / name,
+                   fingerprint=fingerprint, checkpoint_every=settings.checkpoint_every, grid=grid)
+    noop = noop_losses(parent, job, eval_ids, grid)
+    if grid.sharded:
+        job, result, noop, fits = _gather_shards(grid, parent.config, job, result, noop, fits)
     if distributed.is_main():
-        _write_outputs(item, subblock, job, layers, result, noop_losses(parent, job, eval_ids),
-                       fits)
+        _write_outputs(item, subblock, job, layers, result, noop, fits)
     distributed.barrier()
+
+
+def _parent_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig.from_pretrained(layout.PARENT_DIR)
+
+
+def _gather_shards(grid, config, job, result, noop: dict, fits: dict):
+    """Rank 0's whole-variant view of a layer-sharded run: every shard's blocks (rebuilt from
+    the config and their tensors), losses, no-op losses, fits and history; others get theirs."""
+    import dataclasses
+
+    from puzzle_dsl.bld.train import VariantJob, merge_history
+    from puzzle_dsl.model.library import build_block
+
+    mine = {"tensors": {i: {k: v.detach().cpu() for k, v in b.state_dict().items()}
+                        for i, b in job.blocks.items()},
+            "init": job.init_loss, "final": job.final_loss, "noop": noop, "fits": fits,
+            "history": result.history, "seconds": result.seconds}
+    shards = grid.gather_to_main(mine)
+    if shards is None:
+        return job, result, noop, fits
+    whole = VariantJob(job.name, job.subblock, job.spec)
+    for part in shards:
+        for i, tensors in part["tensors"].items():
+            block = build_block(config, job.subblock, job.spec, i)
+            block.load_state_dict(tensors, strict=True)
+            whole.blocks[i] = block
+        whole.init_loss |= part["init"]
+        whole.final_loss |= part["final"]
+        noop = {**noop, **part["noop"]}
+        fits = {**fits, **part["fits"]}
+    result = dataclasses.replace(result, history=merge_history([p["history"] for p in shards]),
+                                 seconds=max(p["seconds"] for p in shards))
+    return whole, result, noop, fits
 
 
 def block_metrics(job, layers: list[int], noop: dict[int, float], fits: dict) -> dict:

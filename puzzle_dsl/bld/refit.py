@@ -60,43 +60,42 @@ def _block_input_and_target(block: nn.ModuleDict, subblock: str, h: Tensor, m: T
 
 @torch.no_grad()
 def normal_equations(parent: nn.Module, subblock: str, blocks: dict[int, nn.ModuleDict],
-                     batches: Iterable[Tensor]) -> dict[int, tuple[NormalEquations, NormalEquations]]:
-    """{layer: (fitting, held-out) normal equations} of every block, in one parent pass."""
+                     batches: Iterable[Tensor], grid=None
+                     ) -> dict[int, tuple[NormalEquations, NormalEquations]]:
+    """{layer: (fitting, held-out) normal equations} of every block, in one parent pass (on a
+    layer shard: the shard's blocks, the pass pipelined as in BLD's training)."""
+    from puzzle_dsl.bld.train import parent_activations
+
     if subblock not in ("attention", "ffn"):
         raise ValueError(f"least-squares init fits attention or ffn blocks, not {subblock!r}: "
                          "use init paper for coupled pairs")
-    model = parent.model
     last = max(blocks)
     eqs: dict[int, tuple[NormalEquations, NormalEquations]] = {}
     seq = 0
     for ids in batches:
         held = (torch.arange(seq, seq + ids.shape[0]) % HOLDOUT) == HOLDOUT - 1  # (B,)
         seq += ids.shape[0]
-        h = model.embed_tokens(ids.to(model.embed_tokens.weight.device))  # (B, T, C)
-        pe, mask = model.rope_and_mask(h)
-        for i in range(last + 1):
-            layer = model.layers[i]
-            m = layer.attention_subblock(h, pe, mask)
-            o = layer.ffn_subblock(m)
-            if i in blocks:
-                x, y = _block_input_and_target(blocks[i], subblock, h, m, o, pe, mask)
-                if i not in eqs:
-                    eqs[i] = tuple(NormalEquations(x.shape[-1], y.shape[-1], x.device)
-                                   for _ in range(2))
-                for part, rows in zip(eqs[i], (~held, held)):
-                    if rows.any():
-                        part.add(x[rows.to(x.device)], y[rows.to(x.device)])
-            h = o
+        for i, _, h, m, o, pe, mask in parent_activations(parent, ids, last, grid):
+            if i not in blocks:
+                continue
+            x, y = _block_input_and_target(blocks[i], subblock, h, m, o, pe, mask)
+            if i not in eqs:
+                eqs[i] = tuple(NormalEquations(x.shape[-1], y.shape[-1], x.device)
+                               for _ in range(2))
+            for part, rows in zip(eqs[i], (~held, held)):
+                if rows.any():
+                    part.add(x[rows.to(x.device)], y[rows.to(x.device)])
     if not eqs:
         raise ValueError("least-squares init saw no calibration tokens: check calibrate.tokens")
     return eqs
 
 
 def least_squares_init(parent: nn.Module, subblock: str, blocks: dict[int, nn.ModuleDict],
-                       batches: Iterable[Tensor]) -> dict[int, Fit]:
+                       batches: Iterable[Tensor], grid=None) -> dict[int, Fit]:
     """Set every block's output linear to its ridge least-squares fit; {layer: Fit}."""
     fits = {}
-    for i, (fit_eq, held_eq) in sorted(normal_equations(parent, subblock, blocks, batches).items()):
+    eqs = normal_equations(parent, subblock, blocks, batches, grid)
+    for i, (fit_eq, held_eq) in sorted(eqs.items()):
         linear = output_linear(blocks[i])
         replaces = _output_name(blocks[i]) in ("linear_attn", "linear_mlp")  # shrink to the no-op
         prior = None if replaces else linear.weight.detach()

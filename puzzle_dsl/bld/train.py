@@ -12,7 +12,10 @@ at many, gets bit-identical weights.
 Under `torchrun` each rank runs this loop on an equal slice of every global batch
 (bld.common.batch_size sequences); gradients and loss statistics are averaged across ranks
 before the per-block clipping, so N ranks train the blocks one process would (within float
-tolerance). Only rank 0 saves the resume checkpoint.
+tolerance). Only rank 0 saves the resume checkpoint. With layer shards (train/layer_shards.py)
+a rank holds only its shard's parent layers and blocks: the parent's pass runs as a pipeline,
+averaging happens among the replicas of a shard, and replica 0 of each shard saves its own
+resume checkpoint.
 
 Loss target: the *delta* of the span the block influences (normalized_mse explains why):
 attention block: layer output - layer input; FFN block: layer output - the intermediate.
@@ -39,6 +42,7 @@ from puzzle_dsl.dsl.space import block_piece
 from puzzle_dsl.model.library import build_block, parent_shape_of
 from puzzle_dsl.pipeline.atomic import atomic_file
 from puzzle_dsl.train import distributed
+from puzzle_dsl.train.layer_shards import LayerGrid, layer_grid
 from puzzle_dsl.train.optim import clip_grad_norms, make_optimizer, warmup_cosine
 
 CHECKPOINT_EVERY = 200  # steps between resume checkpoints
@@ -89,7 +93,7 @@ def make_block(parent: nn.Module, subblock: str, spec: dict, layer: int, init: s
         else:
             tensors = init_ffn(state, piece, contributions)
         block.load_state_dict(tensors, strict=True)
-    ref = next(parent.parameters())
+    ref = next(parent.model.layers[layer].parameters())  # other layers may be on meta
     return block.to(device=ref.device, dtype=ref.dtype).train()
 
 
@@ -122,12 +126,12 @@ def run_block(block: nn.ModuleDict, subblock: str, parent_layer: nn.Module, h: T
 
 
 def layer_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
-                 backward: bool) -> Tensor:
+                 backward: bool, grid: LayerGrid | None = None) -> Tensor:
     """MSE parts (n_blocks, 2) of one (local) batch, blocks in `block_keys` order; `backward`
     accumulates each block's gradient of its numerator."""
     last = max(i for job in jobs for i in job.blocks)
     parts = {}
-    for i, layer, h, m, o, pe, mask in parent_activations(parent, ids, last):
+    for i, layer, h, m, o, pe, mask in parent_activations(parent, ids, last, grid):
         for j, job in enumerate(jobs):
             if i not in job.blocks:
                 continue
@@ -140,28 +144,40 @@ def layer_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
     return torch.stack([parts[k] for k in block_keys(jobs)])  # (n_blocks, 2)
 
 
-def parent_activations(parent: nn.Module, ids: Tensor, last: int):
+def parent_activations(parent: nn.Module, ids: Tensor, last: int,
+                       grid: LayerGrid | None = None):
     """Yield (i, layer, h, m, o, pe, mask) for parent layers 0..last, computed without grad:
-    h the layer's input, m after its attention subblock, o its output."""
+    h the layer's input, m after its attention subblock, o its output. On a layer shard: the
+    shard's layers only, h received from the previous shard and the last o sent to the next
+    (so every rank of a grid must run the generator to its end, batch for batch)."""
     model = parent.model
+    sharded = grid is not None and grid.sharded
+    span = grid.layers if sharded else range(last + 1)
     with torch.no_grad():
-        h = model.embed_tokens(ids.to(model.embed_tokens.weight.device))  # (B, T, C)
+        if span.start == 0:
+            h = model.embed_tokens(ids.to(model.embed_tokens.weight.device))  # (B, T, C)
+        else:
+            ref = next(model.layers[span.start].parameters())
+            h = grid.receive((*ids.shape, parent.config.hidden_size), ref.dtype, ref.device)
         pe, mask = model.rope_and_mask(h)
-    for i in range(last + 1):
+    for i in span:
         layer = model.layers[i]
         with torch.no_grad():
             m = layer.attention_subblock(h, pe, mask)
             o = layer.ffn_subblock(m)
         yield i, layer, h, m, o, pe, mask
         h = o
+    if sharded:
+        grid.send(h)
 
 
 @torch.no_grad()
-def noop_losses(parent: nn.Module, job: VariantJob, ids: Tensor) -> dict[int, float]:
+def noop_losses(parent: nn.Module, job: VariantJob, ids: Tensor,
+                grid: LayerGrid | None = None) -> dict[int, float]:
     """{layer: normalized MSE of a no-op in place of the job's block} on one batch: 1.0 for an
     FFN; for attention the parent's FFN still runs on the layer input, so it differs."""
     out = {}
-    for i, layer, h, m, o, _, _ in parent_activations(parent, ids, max(job.blocks)):
+    for i, layer, h, m, o, _, _ in parent_activations(parent, ids, max(job.blocks), grid):
         if i in job.blocks:
             y, start = (layer.ffn_subblock(h), h) if job.subblock == "attention" else (m, m)
             out[i] = float(normalized_mse(y - start, o - start))
@@ -173,21 +189,32 @@ def block_keys(jobs: Sequence[VariantJob]) -> list[tuple[int, int]]:
     return [(j, i) for j, job in enumerate(jobs) for i in sorted(job.blocks)]
 
 
-def global_parts(parts: Tensor) -> Tensor:
-    """The global batch's MSE parts (n_blocks, 2): the mean of every rank's (equal slices)."""
-    parts = parts.clone()
-    distributed.all_reduce_sum_([parts])
-    return parts / distributed.rank_world()[1]
+def global_parts(parts: Tensor, grid: LayerGrid) -> Tensor:
+    """The global batch's MSE parts (n_blocks, 2): the mean of the replicas' (equal slices)."""
+    return grid.all_reduce_replicas_(parts.clone())
 
 
-def _local(ids: Tensor) -> Tensor:
-    """This rank's slice of a global batch (B, T) -> (B / world, T)."""
-    return distributed.rank_slice(ids, *distributed.rank_world(), what="bld.common.batch_size")
+def _local(ids: Tensor, grid: LayerGrid) -> Tensor:
+    """This replica's slice of a global batch (B, T) -> (B / replicas, T)."""
+    return distributed.rank_slice(ids, grid.replica, grid.replicas, what="bld.common.batch_size")
 
 
-def eval_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor) -> list[float]:
+def _average_gradients_(params: Sequence[Tensor], grid: LayerGrid) -> None:
+    """Each gradient replaced by its mean over the shard's replicas (one flat collective)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grid.replicas == 1 or not grads:
+        return
+    flat = grid.all_reduce_replicas_(torch.cat([g.reshape(-1) for g in grads]))
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
+
+
+def eval_losses(parent: nn.Module, jobs: Sequence[VariantJob], ids: Tensor,
+                grid: LayerGrid | None = None) -> list[float]:
+    grid = grid or layer_grid(1, shards=1)
     with torch.no_grad():
-        return normalized(global_parts(layer_losses(parent, jobs, _local(ids), False))).tolist()
+        parts = layer_losses(parent, jobs, _local(ids, grid), False, grid)
+        return normalized(global_parts(parts, grid)).tolist()
 
 
 # ---------------------------------------------------------------- the loop
@@ -207,19 +234,26 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int], Tensor],
           eval_ids: Tensor, settings: BldCommon, *, checkpoint: Path | None = None,
           fingerprint: str = "", progress: bool = True,
-          checkpoint_every: int = CHECKPOINT_EVERY) -> TrainResult:
+          checkpoint_every: int = CHECKPOINT_EVERY, grid: LayerGrid | None = None
+          ) -> TrainResult:
     """Train every block of `jobs` for bld.common.tokens tokens; fill each job's losses.
 
     `checkpoint`: a file to resume from (when its fingerprint matches) and to save to every
-    `checkpoint_every` steps (by rank 0; 0: never); a resumed run ends bit-identical to an
-    uninterrupted one. Under torchrun, `batches(step)` and `eval_ids` are global batches.
+    `checkpoint_every` steps (by rank 0, or replica 0 of each layer shard; 0: never); a resumed
+    run ends bit-identical to an uninterrupted one. Under torchrun, `batches(step)` and
+    `eval_ids` are global batches. `grid`: this rank's layer shard (`jobs` then hold only its
+    layers' blocks; the history's loss is their mean, `merge_history` makes it global).
     """
     from puzzle_dsl.pipeline.progress import token_bar
 
     parent.eval().requires_grad_(False)
+    grid = grid or layer_grid(1, shards=1)
     seq_tokens = int(batches(0).numel())
     steps = max(1, settings.tokens // seq_tokens)
     params = [p for job in jobs for b in job.blocks.values() for p in b.parameters()]
+    if not params:
+        raise ValueError(f"layer shard {grid.shard} holds no block to train (layers "
+                         f"{grid.layers.start}..{grid.layers.stop - 1}): use fewer layer shards")
     opt = make_optimizer(params, settings.lr, settings.weight_decay, settings.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, steps, settings.warmup_frac))
@@ -227,28 +261,36 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     groups = [list(jobs[j].blocks[i].parameters()) for j, i in keys]
     n_blocks = len(groups)
     main = distributed.is_main()
+    saves = grid.replica == 0  # rank 0, or the first replica of each layer shard
 
-    init = eval_losses(parent, jobs, eval_ids)
+    init = eval_losses(parent, jobs, eval_ids, grid)
     start, history, seconds = 0, [], 0.0
+    state = None
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint:
-            for job, blocks in zip(jobs, state["blocks"]):
-                for i, sd in blocks.items():
-                    job.blocks[i].load_state_dict(sd)
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start, history, seconds = state["step"], state["history"], state["seconds"]
+        state = state if state.get("fingerprint") == fingerprint else None
+    if grid.sharded:  # shards resume together, from the same step, or all start afresh
+        steps_seen = torch.tensor([state["step"] if state else -1] * 2, dtype=torch.float64)
+        torch.distributed.all_reduce(steps_seen[:1], op=torch.distributed.ReduceOp.MIN)
+        torch.distributed.all_reduce(steps_seen[1:], op=torch.distributed.ReduceOp.MAX)
+        state = state if steps_seen[0] == steps_seen[1] >= 0 else None
+    if state is not None:
+        for job, blocks in zip(jobs, state["blocks"]):
+            for i, sd in blocks.items():
+                job.blocks[i].load_state_dict(sd)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, history, seconds = state["step"], state["history"], state["seconds"]
 
     bar = token_bar(steps * seq_tokens, "bld", initial=start * seq_tokens,
                     disable=not (progress and main))
     t0 = time.perf_counter() - seconds
     for step in range(start, steps):
         lr = opt.param_groups[0]["lr"]
-        parts = layer_losses(parent, jobs, _local(batches(step)), backward=True)
+        parts = layer_losses(parent, jobs, _local(batches(step), grid), backward=True, grid=grid)
         for params_of_block in groups:  # the gradient of the global batch's mean numerator
-            distributed.average_gradients_(params_of_block)
-        parts = global_parts(parts)
+            _average_gradients_(params_of_block, grid)
+        parts = global_parts(parts, grid)
         for params_of_block, den in zip(groups, (parts[:, 1] + EPS).tolist()):
             for p in params_of_block:  # d(num / den) = d(num) / den: den is the parent's alone
                 if p.grad is not None:
@@ -261,12 +303,12 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
         mean = float(losses.mean())
         elapsed = time.perf_counter() - t0
         history.append({"step": step, "loss": mean, "lr": lr, "tokens": (step + 1) * seq_tokens,
-                        "elapsed_s": elapsed})
+                        "elapsed_s": elapsed, "blocks": n_blocks})
         bar.set_postfix(loss=f"{mean:.4f}", blocks=n_blocks, refresh=False)
         bar.update(seq_tokens)
         every = checkpoint_every
         due = every and (step + 1) % every == 0 and step + 1 < steps
-        if main and checkpoint is not None and due:
+        if saves and checkpoint is not None and due:
             _save_checkpoint(checkpoint, {
                 "fingerprint": fingerprint, "step": step + 1, "history": history,
                 "seconds": elapsed, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -274,12 +316,23 @@ def train(parent: nn.Module, jobs: Sequence[VariantJob], batches: Callable[[int]
     bar.close()
     seconds = time.perf_counter() - t0
 
-    final = eval_losses(parent, jobs, eval_ids)
+    final = eval_losses(parent, jobs, eval_ids, grid)
     for job in jobs:
         job.init_loss, job.final_loss = {}, {}
     for (j, i), a, b in zip(keys, init, final):
         jobs[j].init_loss[i], jobs[j].final_loss[i] = a, b
     return TrainResult(steps=steps, tokens=steps * seq_tokens, seconds=seconds, history=history)
+
+
+def merge_history(histories: Sequence[list[dict]]) -> list[dict]:
+    """One history from the layer shards' (same steps): each step's loss the mean over every
+    shard's blocks, its time the slowest shard's."""
+    merged = []
+    for rows in zip(*histories):
+        n = sum(r["blocks"] for r in rows)
+        merged.append({**rows[0], "loss": sum(r["loss"] * r["blocks"] for r in rows) / n,
+                       "blocks": n, "elapsed_s": max(r["elapsed_s"] for r in rows)})
+    return merged
 
 
 def fingerprint_of(*parts) -> str:
