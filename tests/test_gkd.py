@@ -160,6 +160,33 @@ def test_two_gloo_ranks_match_one_process(tiny_parent_dir, child_dir, tmp_path, 
     assert diff < 1e-5
 
 
+def test_fsdp_in_bfloat16_keeps_float32_master_weights_near_the_float32_run(
+        tiny_parent_dir, child_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(sharding_mod.PARAM_DTYPE_ENV, "bfloat16")  # forked ranks inherit it
+    ranks = _two_ranks(tiny_parent_dir, child_dir, tmp_path / "ranks.pt", "fsdp")
+    reference = _one_process(tiny_parent_dir, child_dir)[0]
+    assert {t.dtype for t in ranks.values()} == {torch.float32}
+    start = params_of(load_child(child_dir)[0])
+
+    def update(state: dict) -> torch.Tensor:  # what training changed, every parameter in a row
+        return torch.cat([(state[k] - start[k]).flatten() for k in sorted(start)])
+
+    fp32, bf16 = update(reference), update(ranks)
+    cos = float(torch.nn.functional.cosine_similarity(fp32, bf16, dim=0))
+    rel = float((bf16 - fp32).norm() / fp32.norm())
+    print(f"bfloat16 FSDP vs float32 one process: update cosine {cos:.4f}, relative error {rel:.3f}")
+    assert cos > 0.99 and rel < 0.1  # bf16 compute rounds, yet training goes where float32 goes
+
+
+def test_an_unknown_compute_dtype_is_refused_with_the_choices(monkeypatch):
+    monkeypatch.setenv(sharding_mod.PARAM_DTYPE_ENV, "int8")
+    with pytest.raises(ValueError, match="PUZZLE_GKD_PARAM_DTYPE='int8' .* auto or one of"):
+        sharding_mod.param_dtype_from_env(torch.device("cpu"))
+    monkeypatch.setenv(sharding_mod.PARAM_DTYPE_ENV, "auto")
+    assert sharding_mod.param_dtype_from_env(torch.device("cpu")) is None
+    assert sharding_mod.param_dtype_from_env(torch.device("cuda", 0)) is torch.bfloat16
+
+
 def test_a_checkpoint_two_fsdp_ranks_wrote_resumes_on_one_process(tiny_parent_dir, child_dir,
                                                                   tmp_path):
     ckpt = tmp_path / "gkd.resume"

@@ -33,6 +33,7 @@ from puzzle_dsl.train.losses import next_token_nll, token_kl
 from puzzle_dsl.train.optim import make_optimizer, warmup_cosine_scheduler
 from puzzle_dsl.train.sharding import (
     load_checkpoint,
+    param_dtype_from_env,
     save_checkpoint,
     shard_decoder,
     sharding_from_env,
@@ -46,7 +47,8 @@ def cosine_loss(child_h: list[torch.Tensor], parent_h: list[torch.Tensor]) -> to
     """sum over layers of mean over tokens of 1 - cos(h_child, h_parent); each (B, T, C)."""
     if len(child_h) != len(parent_h):
         raise ValueError(f"{len(child_h)} child vs {len(parent_h)} parent layers")
-    return sum((1 - F.cosine_similarity(c, p, dim=-1)).mean() for c, p in zip(child_h, parent_h))
+    return sum((1 - F.cosine_similarity(c.float(), p.float(), dim=-1)).mean()
+               for c, p in zip(child_h, parent_h))
 
 
 def kl_loss(parent_logits: torch.Tensor, child_logits: torch.Tensor) -> torch.Tensor:
@@ -120,8 +122,9 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
     fingerprint = run_fingerprint(cfg, child, seq_len, n_seq)
     fsdp = world > 1 and sharding_from_env() == "fsdp"
     if fsdp:  # before the optimizer: it must hold the sharded parameters
-        shard_decoder(child)
-        shard_decoder(parent)
+        param_dtype = param_dtype_from_env(device)
+        shard_decoder(child, param_dtype)
+        shard_decoder(parent, param_dtype)
         device = next(child.parameters()).device  # where FSDP put this rank's shards
     optimizer = make_optimizer(child.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
     scheduler = warmup_cosine_scheduler(optimizer, total, cfg.warmup_frac)

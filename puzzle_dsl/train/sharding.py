@@ -5,6 +5,10 @@
 either model whole; the default `ddp` replicates them (train/distributed.py). The choice is how a
 run is laid out, not what it computes: it lives in the launch environment, not in the recipe.
 
+Mixed precision (`PUZZLE_GKD_PARAM_DTYPE`, default `auto`: bfloat16 on CUDA, float32 on the
+CPU): FSDP2 keeps the sharded master weights and the optimizer in float32, gathers and computes
+in the given dtype, and reduces gradients in float32.
+
 Checkpoints are folders written by torch.distributed.checkpoint (DCP) in its Hugging Face
 safetensors storage: every rank writes its own shards, and a checkpoint loads into any layout
 (one process, DDP replicas, or FSDP over another number of ranks), DCP resharding on load.
@@ -25,6 +29,8 @@ from puzzle_dsl.train.distributed import barrier, rank_world
 
 SHARDING_ENV = "PUZZLE_GKD_SHARDING"
 SHARDINGS = ("ddp", "fsdp")
+PARAM_DTYPE_ENV = "PUZZLE_GKD_PARAM_DTYPE"
+PARAM_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_FILE = "state.pt"
 TENSORS_DIR = "tensors"
 
@@ -38,15 +44,31 @@ def sharding_from_env() -> str:
     return value
 
 
-def shard_decoder(model: torch.nn.Module) -> None:
-    """FSDP2 in place: each decoder layer that has parameters is a unit, the root holds the rest
-    (embeddings, final norm, a tied LM head). Needs a process group."""
-    from torch.distributed.fsdp import fully_shard
+def param_dtype_from_env(device: torch.device) -> torch.dtype | None:
+    """The dtype FSDP computes in, from PUZZLE_GKD_PARAM_DTYPE: None means float32 throughout;
+    `auto` (default) is bfloat16 on CUDA and float32 elsewhere."""
+    value = os.environ.get(PARAM_DTYPE_ENV, "auto").strip().lower()
+    if value == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if value not in PARAM_DTYPES:
+        raise ValueError(f"{PARAM_DTYPE_ENV}={value!r} is not a compute dtype; use auto or one "
+                         f"of {', '.join(PARAM_DTYPES)}")
+    return PARAM_DTYPES[value]
 
+
+def shard_decoder(model: torch.nn.Module, param_dtype: torch.dtype | None = None) -> None:
+    """FSDP2 in place: each decoder layer that has parameters is a unit, the root holds the rest
+    (embeddings, final norm, a tied LM head). `param_dtype`: compute in it (master weights and
+    gradient reduction stay float32). Needs a process group."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kwargs = ({"mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype,
+                                                 reduce_dtype=torch.float32)}
+              if param_dtype is not None else {})
     for layer in model.model.layers:
         if next(layer.parameters(), None) is not None:  # a no-op/no-op layer has none
-            fully_shard(layer)
-    fully_shard(model)
+            fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
 
 
 def local_numel(model: torch.nn.Module) -> int:
