@@ -2,7 +2,8 @@
 
 Runs alone or under torchrun (gloo on CPU, NCCL on GPUs, cuda:LOCAL_RANK), with gkd.batch_size
 as the global micro-batch (a multiple of the process count), the models replicated (DDP) or, for
-a parent and child that do not fit one device, sharded with FSDP2:
+a parent and child that do not fit one device, sharded with FSDP2 (each rank then reads only
+its own shards of both from their safetensors, never a whole model):
 
     torchrun --nproc-per-node 8 $(which puzzle-dsl) run-stage gkd sol0
     PUZZLE_GKD_SHARDING=fsdp torchrun --nproc-per-node 8 $(which puzzle-dsl) run-stage gkd sol0
@@ -30,6 +31,8 @@ def main(params: Params, item: str | None) -> None:
     from puzzle_dsl.train.sharding import (
         full_state,
         is_sharded,
+        load_sharded,
+        param_dtype_from_env,
         remove_checkpoint,
         sharding_from_env,
     )
@@ -39,10 +42,13 @@ def main(params: Params, item: str | None) -> None:
     cfg = params.gkd
     device = distributed.local_device("auto")
     distributed.init_from_env(device)
-    parent, _ = load_parent(layout.PARENT_DIR)
-    child, tokenizer = load_child(layout.assembled_dir(item))
-    if distributed.rank_world()[1] == 1 or sharding_from_env() == "ddp":
-        parent.to(device)  # FSDP moves each rank's shards to its device as it shards
+    if distributed.rank_world()[1] > 1 and sharding_from_env() == "fsdp":
+        dtype = param_dtype_from_env(device)  # each rank reads only its own shards
+        parent = load_sharded(layout.PARENT_DIR, device, dtype)
+        child, tokenizer = load_sharded(layout.assembled_dir(item), device, dtype), None
+    else:
+        parent = load_parent(layout.PARENT_DIR)[0].to(device)
+        child, tokenizer = load_child(layout.assembled_dir(item))
         child.to(device)
     train = np.load(Path(layout.CORPUS_DIR) / "train.npy", mmap_mode="r")
     resume = Path(f"{layout.gkd_dir(item)}.resume")
@@ -52,7 +58,7 @@ def main(params: Params, item: str | None) -> None:
     if is_sharded(child):  # gathered whole on rank 0, into an unsharded copy
         trained = full_state(child)
         if distributed.is_main():
-            child, _ = load_child(layout.assembled_dir(item))
+            child, tokenizer = load_child(layout.assembled_dir(item))
             child.load_state_dict(trained)
     if distributed.is_main():
         save_child(child.to("cpu"), tokenizer, layout.gkd_dir(item))

@@ -145,6 +145,42 @@ def _two_ranks(tiny_parent_dir, child_dir, out, sharding="ddp", checkpoint=None,
     return torch.load(out, weights_only=True)
 
 
+def _load_sharded_rank(rank: int, world: int, port: int, model_dir, out, which: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = sharding_mod.load_sharded(model_dir, torch.device("cpu"))
+        whole = (load_child if which == "child" else load_parent)(model_dir)[0]
+        assert sharding_mod.local_numel(model) < 0.75 * sharding_mod.local_numel(whole)
+        ids = torch.arange(24).reshape(2, 12) % model.config.vocab_size
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits
+        state = sharding_mod.full_state(model)
+        if rank == 0:
+            torch.save({"state": state, "logits": logits,
+                        "reference": whole(input_ids=ids, use_cache=False).logits.detach()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("which", ["parent", "child"])
+def test_a_sharded_load_reads_only_this_ranks_shards_and_computes_the_whole_models_logits(
+        tiny_parent_dir, child_dir, tmp_path, which):
+    from safetensors.torch import load_file
+
+    model_dir = tiny_parent_dir if which == "parent" else child_dir
+    out = tmp_path / "sharded.pt"
+    mp.start_processes(_load_sharded_rank, args=(2, _free_port(), model_dir, out, which), nprocs=2,
+                       start_method="fork")
+    got = torch.load(out, weights_only=True)
+    assert float((got["logits"] - got["reference"]).abs().max()) < 1e-5
+    stored = load_file(str(model_dir / "model.safetensors"))
+    assert all(torch.equal(got["state"][k], v) for k, v in stored.items())
+
+
 def _one_process(tiny_parent_dir, child_dir, checkpoint=None) -> tuple[dict, list]:
     parent, _ = load_parent(tiny_parent_dir)
     single, _ = load_child(child_dir)

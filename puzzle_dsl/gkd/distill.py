@@ -32,6 +32,7 @@ from puzzle_dsl.train.distributed import mean_across_ranks, rank_slice, rank_wor
 from puzzle_dsl.train.losses import next_token_nll, token_kl
 from puzzle_dsl.train.optim import make_optimizer, warmup_cosine_scheduler
 from puzzle_dsl.train.sharding import (
+    is_sharded,
     load_checkpoint,
     param_dtype_from_env,
     save_checkpoint,
@@ -123,8 +124,9 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
     fsdp = world > 1 and sharding_from_env() == "fsdp"
     if fsdp:  # before the optimizer: it must hold the sharded parameters
         param_dtype = param_dtype_from_env(device)
-        shard_decoder(child, param_dtype)
-        shard_decoder(parent, param_dtype)
+        for model in (child, parent):  # the gkd stage loads them sharded already
+            if not is_sharded(model):
+                shard_decoder(model, param_dtype)
         device = next(child.parameters()).device  # where FSDP put this rank's shards
     optimizer = make_optimizer(child.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
     scheduler = warmup_cosine_scheduler(optimizer, total, cfg.warmup_frac)

@@ -75,6 +75,18 @@ def _load_weights(config: NemotronNasConfig, model_dir: Path,
     return model.eval()
 
 
+def config_of(model_dir: str | Path) -> NemotronNasConfig:
+    """The model config of a parent (Llama: parent block configs) or child directory."""
+    model_dir = Path(model_dir)
+    raw = json.loads((model_dir / "config.json").read_text())
+    if raw.get("model_type") == "llama":
+        return child_config_from_llama(LlamaConfig.from_pretrained(model_dir))
+    if raw.get("model_type") == NemotronNasConfig.model_type:
+        return NemotronNasConfig(**_config_dict(raw))
+    raise ValueError(f"{model_dir}/config.json has model_type={raw.get('model_type')!r}; "
+                     "expected a Llama parent or a nemotron-nas child")
+
+
 def load_parent(model_dir: str | Path, dtype: torch.dtype = torch.float32
                 ) -> tuple[NemotronNasForCausalLM, PreTrainedTokenizerBase]:
     """A plain Llama checkpoint loaded into the child class (parent block configs) + tokenizer."""
@@ -84,8 +96,7 @@ def load_parent(model_dir: str | Path, dtype: torch.dtype = torch.float32
     if raw.get("model_type") != "llama":
         raise ValueError(f"{model_dir}/config.json has model_type={raw.get('model_type')!r}; "
                          "load_parent reads Llama checkpoints (use load_child for nemotron-nas)")
-    config = child_config_from_llama(LlamaConfig.from_pretrained(model_dir))
-    model = _load_weights(config, model_dir, dtype)
+    model = _load_weights(config_of(model_dir), model_dir, dtype)
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
@@ -104,7 +115,7 @@ def load_child(model_dir: str | Path, dtype: torch.dtype = torch.float32
     if raw.get("model_type") != NemotronNasConfig.model_type:
         raise ValueError(f"{model_dir}/config.json has model_type={raw.get('model_type')!r}, "
                          "expected 'nemotron-nas' (use load_parent for Llama checkpoints)")
-    config = NemotronNasConfig(**_config_dict(raw))
+    config = config_of(model_dir)
     model = _load_weights(config, model_dir, dtype)
     # config= keeps AutoTokenizer from reading config.json's auto_map (no remote-code prompt)
     return model, AutoTokenizer.from_pretrained(model_dir, config=config)

@@ -71,6 +71,47 @@ def shard_decoder(model: torch.nn.Module, param_dtype: torch.dtype | None = None
     fully_shard(model, **kwargs)
 
 
+def load_sharded(model_dir: str | Path, device: torch.device,
+                 param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A parent or child directory loaded straight into FSDP2 shards: the model is built on the
+    meta device, sharded (`shard_decoder`), this rank's shards allocated on `device` and filled
+    from the safetensors one tensor at a time, so no rank ever holds the whole model."""
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from puzzle_dsl.model.checkpoint import config_of
+    from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
+
+    model_dir = Path(model_dir)
+    config = config_of(model_dir)
+    with torch.device("meta"):
+        model = NemotronNasForCausalLM(config)
+    shard_decoder(model, param_dtype)
+    model.to_empty(device=device)
+    files = sorted(model_dir.glob("*.safetensors"))
+    where = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            where |= dict.fromkeys(f.keys(), file)
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # a tied LM head is listed once
+            if name not in where:
+                raise ValueError(f"{model_dir} has no tensor {name}: its weights do not match "
+                                 "its config.json")
+            with safe_open(str(where[name]), framework="pt") as f:
+                full = f.get_tensor(name).to(device=device, dtype=param.dtype)
+            if isinstance(param, DTensor):  # this rank's slice, cut here: no communication
+                full = distribute_tensor(full, param.device_mesh, param.placements,
+                                         src_data_rank=None).to_local()
+                param.to_local().copy_(full)
+            else:
+                param.copy_(full)
+    # rotary frequencies are computed, not stored: to_empty left them uninitialised
+    model.model.rotary_emb = LlamaRotaryEmbedding(config=config).to(device)
+    return model.eval()
+
+
 def local_numel(model: torch.nn.Module) -> int:
     """Parameter elements this rank holds (its shards under FSDP)."""
     return sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in model.parameters())
