@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from puzzle_dsl.pipeline.progress import token_bar
+from puzzle_dsl.pipeline.progress import start_from, token_bar
 
 LEFT = re.compile(r"<(?:(\d+):)?(\d+):(\d+)")
 
@@ -31,6 +31,25 @@ def test_time_left_is_right_within_2x_when_work_arrives_in_bursts():
                 assert 0.5 * true_left <= _left_s(str(bar)) <= 2 * true_left, str(bar)
         for _ in range(docs):
             bar.update(doc_tokens)
+    bar.close()
+
+
+def test_a_setup_before_the_work_does_not_stretch_the_time_left():
+    # the llama.cpp sampler writes and loads a GGUF (here 5 min) before its first token
+    setup_s, steps, step_s, step_tokens = 300.0, 100, 3.0, 400
+    clock = [0.0]
+    bar = token_bar(steps * step_tokens, "corpus: generate")
+    bar._time = lambda: clock[0]
+    bar.start_t = bar.last_print_t = 0.0
+    clock[0] += setup_s
+    for step in range(steps):
+        clock[0] += step_s
+        if step == 0:
+            start_from(bar, step_s)  # the sampler's own seconds: sampling only
+        bar.update(step_tokens)
+        true_left = (steps - step - 1) * step_s
+        if bar.n >= 0.1 * bar.total and true_left > 0:
+            assert 0.5 * true_left <= _left_s(str(bar)) <= 2 * true_left, str(bar)
     bar.close()
 
 

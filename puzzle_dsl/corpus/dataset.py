@@ -353,7 +353,7 @@ def _generated_documents(source: dict, model, tokenizer, need_tokens: int, progr
     """Documents sampled from the parent, with a bar over kept tokens (sampled tokens/s too)."""
     from puzzle_dsl.corpus.generate import ParentSampler
     from puzzle_dsl.dsl.recipe import Generated
-    from puzzle_dsl.pipeline.progress import token_bar
+    from puzzle_dsl.pipeline.progress import start_from, token_bar
 
     settings = Generated.from_params(source, "corpus.sources")
     if settings.engine == "llama.cpp":
@@ -365,6 +365,8 @@ def _generated_documents(source: dict, model, tokenizer, need_tokens: int, progr
     progress["sampler"] = sampler
     with token_bar(need_tokens, "corpus: generate") as bar:
         for doc in sampler:
+            if not bar.n:  # the rate and ETA count sampling, not the engine's setup
+                start_from(bar, sampler.seconds)
             bar.update(min(len(doc), max(need_tokens - bar.n, 0)))
             bar.set_postfix(sampled_tok_s=f"{sampler.tokens_per_s:.0f}", refresh=False)
             yield doc

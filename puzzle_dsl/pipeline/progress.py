@@ -30,6 +30,14 @@ def step_bar(total: int, desc: str, unit: str, initial: int = 0, disable: bool =
                 dynamic_ncols=tty)
 
 
+def start_from(bar: tqdm, busy_seconds: float) -> None:
+    """Count only `busy_seconds` as the bar's elapsed time so far: a one-off setup before the
+    work (a GGUF written, a model loaded) would otherwise stay in the average rate and
+    overstate the time left for long after."""
+    bar.start_t = bar._time() - busy_seconds  # tqdm's clock (time.time unless replaced)
+    bar.last_print_t = min(bar.last_print_t, bar.start_t)
+
+
 def counted(batches: Iterable, total: int, desc: str) -> Iterator:
     """`batches` (token tensors) passed through, with a `token_bar` over their tokens."""
     with token_bar(total, desc) as bar:
