@@ -66,7 +66,7 @@ def main(params: Params, item: str | None) -> None:
         train,
     )
     from puzzle_dsl.dsl.space import needs_training
-    from puzzle_dsl.model.checkpoint import load_parent
+    from puzzle_dsl.model.checkpoint import config_of, load_parent
     from puzzle_dsl.model.library import parent_shape_of
     from puzzle_dsl.train import distributed
     from puzzle_dsl.train.batches import TrainBatches, iter_batches
@@ -79,7 +79,7 @@ def main(params: Params, item: str | None) -> None:
     subblock, spec = params.space.variant(item)
     device = distributed.local_device(settings.device)
     distributed.init_from_env(device)
-    shape = parent_shape_of(_parent_config())
+    shape = parent_shape_of(config_of(layout.PARENT_DIR))
     if not needs_training(subblock, spec, shape):
         raise ValueError(f"variant {item} ({spec['kind']}) is a no-op or the parent's own block: "
                          "it needs no BLD stage")
@@ -145,12 +145,6 @@ def main(params: Params, item: str | None) -> None:
     if distributed.is_main():
         _write_outputs(item, subblock, job, layers, result, noop, fits)
     distributed.barrier()
-
-
-def _parent_config():
-    from transformers import LlamaConfig
-
-    return LlamaConfig.from_pretrained(layout.PARENT_DIR)
 
 
 def _gather_shards(grid, config, job, result, noop: dict, fits: dict):

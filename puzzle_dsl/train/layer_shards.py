@@ -16,7 +16,6 @@ it lives in the launch environment, not in the recipe.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,16 +136,14 @@ def load_parent_layers(model_dir: str | Path, layers: range, *, embeddings: bool
     """The parent with only `layers` (and the input embeddings if `embeddings`) read from its
     safetensors; every other parameter stays on the meta device, never allocated."""
     from safetensors import safe_open
-    from transformers import LlamaConfig
 
-    from puzzle_dsl.model.checkpoint import child_config_from_llama, load_parent
+    from puzzle_dsl.model.checkpoint import config_of, load_parent
     from puzzle_dsl.model.nemotron_nas.modeling_nemotron_nas import NemotronNasForCausalLM
 
     model_dir = Path(model_dir)
-    raw = json.loads((model_dir / "config.json").read_text())
-    if layers == range(raw["num_hidden_layers"]) and embeddings:
+    config = config_of(model_dir)
+    if layers == range(config.num_hidden_layers) and embeddings:
         return load_parent(model_dir, dtype=dtype)[0]
-    config = child_config_from_llama(LlamaConfig.from_pretrained(model_dir))
     with torch.device("meta"):
         model = NemotronNasForCausalLM(config)
     prefixes = tuple(f"model.layers.{i}." for i in layers)
