@@ -8,6 +8,8 @@ its own shards of both from their safetensors, never a whole model):
     torchrun --nproc-per-node 8 $(which puzzle-dsl) run-stage gkd sol0
     PUZZLE_GKD_SHARDING=fsdp torchrun --nproc-per-node 8 $(which puzzle-dsl) run-stage gkd sol0
 
+`PUZZLE_GKD_RECOMPUTE=1` recomputes each decoder layer of the child in the backward instead of
+keeping its activations: the same child for less memory (a 70B pair needs it, docs/scale.md).
 Only rank 0 writes the outputs and the MLflow run. An interrupted run resumes from the checkpoint
 folder `<gkd dir>.resume/` when rerun with the same params, on any number of ranks.
 """

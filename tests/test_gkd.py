@@ -214,6 +214,47 @@ def test_fsdp_in_bfloat16_keeps_float32_master_weights_near_the_float32_run(
     assert cos > 0.99 and rel < 0.1  # bf16 compute rounds, yet training goes where float32 goes
 
 
+def test_recomputing_activations_trains_to_the_same_child(tiny_parent_dir, child_dir,
+                                                         monkeypatch):
+    kept, kept_log = _one_process(tiny_parent_dir, child_dir)
+    monkeypatch.setenv(sharding_mod.RECOMPUTE_ENV, "1")
+    recomputed, log = _one_process(tiny_parent_dir, child_dir)
+    assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in kept_log], rel=1e-5)
+    assert max_diff(kept, recomputed) < 1e-5
+
+
+def test_recomputing_activations_runs_each_layer_again_in_the_backward(tiny_parent_dir, child_dir,
+                                                                       monkeypatch):
+    parent, _ = load_parent(tiny_parent_dir)
+    child, _ = load_child(child_dir)
+    ffn = next(layer.mlp for layer in child.model.layers if layer.mlp is not None)
+    starts = []
+    ffn.register_forward_pre_hook(lambda *_: starts.append(1))
+    one_step = CFG.replace(tokens=8 * 32)
+    for switch, runs in [("0", 1), ("1", 2)]:
+        monkeypatch.setenv(sharding_mod.RECOMPUTE_ENV, switch)
+        starts.clear()
+        distill(child, parent, rows(0), one_step, progress=False)
+        assert len(starts) == runs, switch  # the forward, then (recompute) the backward's replay
+    assert not any(layer.gradient_checkpointing for layer in child.model.layers)  # as it was
+
+
+def test_recomputing_activations_under_fsdp_matches_one_process(tiny_parent_dir, child_dir,
+                                                                tmp_path, monkeypatch):
+    monkeypatch.setenv(sharding_mod.RECOMPUTE_ENV, "1")  # forked ranks inherit it
+    ranks = _two_ranks(tiny_parent_dir, child_dir, tmp_path / "ranks.pt", "fsdp")
+    monkeypatch.delenv(sharding_mod.RECOMPUTE_ENV)
+    assert max_diff(_one_process(tiny_parent_dir, child_dir)[0], ranks) < 1e-5
+
+
+def test_an_unknown_recompute_switch_is_refused_with_the_choices(monkeypatch):
+    monkeypatch.setenv(sharding_mod.RECOMPUTE_ENV, "sometimes")
+    with pytest.raises(ValueError, match="PUZZLE_GKD_RECOMPUTE='sometimes' .* use 1 .* or 0"):
+        sharding_mod.recompute_from_env()
+    monkeypatch.delenv(sharding_mod.RECOMPUTE_ENV)
+    assert sharding_mod.recompute_from_env() is False
+
+
 def test_an_unknown_compute_dtype_is_refused_with_the_choices(monkeypatch):
     monkeypatch.setenv(sharding_mod.PARAM_DTYPE_ENV, "int8")
     with pytest.raises(ValueError, match="PUZZLE_GKD_PARAM_DTYPE='int8' .* auto or one of"):

@@ -35,6 +35,7 @@ from puzzle_dsl.train.sharding import (
     is_sharded,
     load_checkpoint,
     param_dtype_from_env,
+    recompute_from_env,
     save_checkpoint,
     shard_decoder,
     sharding_from_env,
@@ -121,6 +122,9 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
     child.train()
     torch.manual_seed(cfg.seed)
     fingerprint = run_fingerprint(cfg, child, seq_len, n_seq)
+    recompute = recompute_from_env()
+    if recompute:  # before sharding: FSDP wraps the layers that then recompute themselves
+        child.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     fsdp = world > 1 and sharding_from_env() == "fsdp"
     if fsdp:  # before the optimizer: it must hold the sharded parameters
         param_dtype = param_dtype_from_env(device)
@@ -176,6 +180,8 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
         if stop_after is not None and step + 1 - start >= stop_after:
             break
     bar.close()
+    if recompute:
+        child.activation_checkpointing_disable()
     child.eval()
     return log
 

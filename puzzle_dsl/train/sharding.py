@@ -9,6 +9,10 @@ Mixed precision (`PUZZLE_GKD_PARAM_DTYPE`, default `auto`: bfloat16 on CUDA, flo
 CPU): FSDP2 keeps the sharded master weights and the optimizer in float32, gathers and computes
 in the given dtype, and reduces gradients in float32.
 
+Activation recomputation (`PUZZLE_GKD_RECOMPUTE=1`, default off): the child keeps only each
+decoder layer's input for the backward pass and recomputes the layer there, trading about a
+third more child compute for activation memory (docs/scale.md: a 70B GKD needs it).
+
 Checkpoints are folders written by torch.distributed.checkpoint (DCP) in its Hugging Face
 safetensors storage: every rank writes its own shards, and a checkpoint loads into any layout
 (one process, DDP replicas, or FSDP over another number of ranks), DCP resharding on load.
@@ -30,6 +34,9 @@ from puzzle_dsl.train.distributed import barrier, rank_world
 SHARDING_ENV = "PUZZLE_GKD_SHARDING"
 SHARDINGS = ("ddp", "fsdp")
 PARAM_DTYPE_ENV = "PUZZLE_GKD_PARAM_DTYPE"
+RECOMPUTE_ENV = "PUZZLE_GKD_RECOMPUTE"
+SWITCH = {"0": False, "off": False, "false": False, "no": False,
+          "1": True, "on": True, "true": True, "yes": True}
 PARAM_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_FILE = "state.pt"
 TENSORS_DIR = "tensors"
@@ -42,6 +49,15 @@ def sharding_from_env() -> str:
         raise ValueError(f"{SHARDING_ENV}={value!r} is not a sharding; use one of "
                          f"{', '.join(SHARDINGS)} (fsdp: FSDP2 under torchrun)")
     return value
+
+
+def recompute_from_env() -> bool:
+    """Whether GKD recomputes the child's decoder layers in the backward (PUZZLE_GKD_RECOMPUTE)."""
+    value = os.environ.get(RECOMPUTE_ENV, "0").strip().lower()
+    if value not in SWITCH:
+        raise ValueError(f"{RECOMPUTE_ENV}={value!r} is not a switch; use 1 (recompute each "
+                         f"layer in the backward, less memory) or 0 (keep activations)")
+    return SWITCH[value]
 
 
 def param_dtype_from_env(device: torch.device) -> torch.dtype | None:
