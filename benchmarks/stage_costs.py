@@ -158,7 +158,10 @@ def time_gkd(parent, batches, steps: int, seq: int) -> Figure:
     child = copy.deepcopy(parent).requires_grad_(True)
     b = batches(0)
     train = np.concatenate([batches(k).numpy() for k in range(steps + 1)]).astype(np.int32)
-    cfg = lambda n: GKD(tokens=n * b.numel(), batch_size=b.shape[0], lr=1e-5)  # noqa: E731
+
+    def cfg(steps_: int) -> GKD:
+        return GKD(tokens=steps_ * b.numel(), batch_size=b.shape[0], lr=1e-5)
+
     distill(child, parent, train, cfg(1), progress=False)  # warm-up
     t = _timed(lambda: distill(child, parent, train, cfg(steps), progress=False))
     return Figure("gkd", steps * b.numel() / t, gkd_flops(child, parent, seq))
@@ -195,8 +198,8 @@ class Shape:
 
 LLAMA_8B = Shape(32, 4096, 32, 8, 14336, 128256)
 LLAMA_70B = Shape(80, 8192, 64, 8, 28672, 128256)
-BUDGETS = {LLAMA_8B: dict(bld=0.5e9, score=4e6, gkd=3.7e9),  # tokens: PUZZLE.md, docs/scale.md
-           LLAMA_70B: dict(bld=0.5e9, score=4e6, gkd=45e9)}
+BUDGETS = {LLAMA_8B: {"bld": 0.5e9, "score": 4e6, "gkd": 3.7e9},  # tokens: PUZZLE.md
+           LLAMA_70B: {"bld": 0.5e9, "score": 4e6, "gkd": 45e9}}
 
 
 def paper_space_flops(s: Shape, tokens: dict, seq: int = 4096) -> dict[str, float]:
@@ -248,8 +251,8 @@ def gkd_memory_per_rank(s: Shape, ranks: int, recompute: bool, seq: int = 4096,
     and AdamW moments in fp32 (16 B a parameter) and the frozen parent in fp32 (4 B), both
     sharded over `ranks`; two gathered decoder layers of each model in bf16 (the unit computing
     and the one prefetched); activations in bf16 (34 x seq x hidden bytes a layer and sequence
-    with fused attention, Korthikanti et al. 2022), or with `recompute` (activation
-    checkpointing, which the gkd stage does not do yet) each layer's input plus one layer's
+    with fused attention, Korthikanti et al. 2022), or with `recompute`
+    (PUZZLE_GKD_RECOMPUTE=1) each layer's input plus one layer's
     working set; fp32 logits of both models with their log-softmax and gradient (4 tensors of
     vocab floats a token); the parent's hidden states for the cosine loss, bf16."""
     hd = s.hidden // s.heads
