@@ -74,6 +74,30 @@ def test_recompiling_gives_byte_identical_files(tmp_path):
     assert {n: (tmp_path / n).read_bytes() for n in first} == first
 
 
+def test_recompiling_drops_the_lock_entries_of_stages_the_recipe_no_longer_has(tmp_path):
+    recipe = load_recipe(REPO / "recipes" / "smoke.py")
+    compile_recipe(recipe, tmp_path)
+    entry = {"cmd": "puzzle-dsl run-stage corpus", "outs": [{"path": "artifacts/corpus",
+                                                             "hash": "md5", "md5": "0" * 32}]}
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "corpus": entry, "gkd-sol9": {**entry, "cmd": "puzzle-dsl run-stage gkd sol9"}}},
+        sort_keys=False))
+
+    pipeline = compile_recipe(recipe, tmp_path)
+
+    assert yaml.safe_load(lock.read_text()) == {"schema": "2.0", "stages": {"corpus": entry}}
+    assert any("gkd-sol9" in n for n in pipeline.notices)
+    kept = lock.read_bytes()
+    assert not any("dvc.lock" in n for n in compile_recipe(recipe, tmp_path).notices)
+    assert lock.read_bytes() == kept  # nothing stale: the lock is left as DVC wrote it
+
+
+def test_compiling_without_a_lock_writes_none(tmp_path):
+    compile_recipe(load_recipe(REPO / "recipes" / "smoke.py"), tmp_path)
+    assert not (tmp_path / "dvc.lock").exists()
+
+
 def test_variant_names_are_derived_from_the_resolved_variants():
     recipe = smol(space=SearchSpace(
         attention=[GQA(kv_heads=1), LinearAttention(), NoOpAttention()],

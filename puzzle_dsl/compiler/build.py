@@ -697,13 +697,39 @@ def render(pipeline: Pipeline) -> dict[str, str]:
 
 def compile_recipe(recipe: Recipe, out_dir: str | Path = ".", shape: ParentShape | None = None,
                    code_root: str | Path | None = None) -> Pipeline:
-    """Write dvc.yaml + params.yaml for `recipe` into `out_dir` (all checks first)."""
+    """Write dvc.yaml + params.yaml for `recipe` into `out_dir` (all checks first), and drop
+    the lock entries of stages the recipe no longer has (a notice names them)."""
     out_dir = Path(out_dir)
     pipeline = build_pipeline(recipe, out_dir, shape, code_root)
     texts = render(pipeline)
+    stale, lock_text = pruned_lock(out_dir / "dvc.lock", {s.name for s in pipeline.stages}
+                                   | {CODE_STAGE})
+    if stale:
+        texts["dvc.lock"] = lock_text
+        pipeline.notices.append(f"dropped {len(stale)} dvc.lock entries of stages the recipe no "
+                                f"longer has: {', '.join(stale)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_pair(out_dir, texts)
     return pipeline
+
+
+def pruned_lock(lock: Path, stage_names: set[str]) -> tuple[list[str], str | None]:
+    """(stale stage names, the lock's text without them) of a pipeline's `dvc.lock`.
+
+    DVC keeps a lock entry after its stage leaves dvc.yaml; such entries mean nothing (the
+    run cache still holds their outputs) and mislead a reader. No lock, or nothing stale:
+    ([], None)."""
+    if not lock.is_file():
+        return [], None
+    from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
+
+    text = lock.read_text()
+    data = parse_yaml_for_update(text, str(lock)) or {}  # DVC's own round trip: a small diff
+    entries = data.get("stages") or {}
+    stale = sorted(set(entries) - stage_names)
+    for name in stale:
+        del entries[name]
+    return stale, (dumps_yaml(data) if stale else None)
 
 
 def write_pair(out_dir: Path, texts: dict[str, str]) -> None:
