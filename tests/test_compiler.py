@@ -93,6 +93,13 @@ def test_recompiling_drops_the_lock_entries_of_stages_the_recipe_no_longer_has(t
     assert lock.read_bytes() == kept  # nothing stale: the lock is left as DVC wrote it
 
 
+def test_a_corrupt_lock_is_refused_and_nothing_is_written(tmp_path):
+    (tmp_path / "dvc.lock").write_text("stages: [unclosed\n")
+    with pytest.raises(CompileError, match="dvc.lock is not valid YAML"):
+        compile_recipe(load_recipe(REPO / "recipes" / "smoke.py"), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.lock"]
+
+
 def test_compiling_without_a_lock_writes_none(tmp_path):
     compile_recipe(load_recipe(REPO / "recipes" / "smoke.py"), tmp_path)
     assert not (tmp_path / "dvc.lock").exists()

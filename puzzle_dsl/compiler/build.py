@@ -721,10 +721,14 @@ def pruned_lock(lock: Path, stage_names: set[str]) -> tuple[list[str], str | Non
     ([], None)."""
     if not lock.is_file():
         return [], None
+    from dvc.exceptions import DvcException
     from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
 
-    text = lock.read_text()
-    data = parse_yaml_for_update(text, str(lock)) or {}  # DVC's own round trip: a small diff
+    try:  # DVC's own round trip: the diff is the removed entries only
+        data = parse_yaml_for_update(lock.read_text(), str(lock)) or {}
+    except DvcException as exc:
+        raise CompileError(f"{lock} is not valid YAML ({exc}): restore it with `git checkout "
+                           f"{lock.name}` or delete it (DVC rebuilds it on the next repro)")
     entries = data.get("stages") or {}
     stale = sorted(set(entries) - stage_names)
     for name in stale:
