@@ -60,7 +60,9 @@ def test_dev_recipe_without_the_data_says_where_to_put_it(tmp_path):
 @pytest.mark.parametrize("recipe, folder", [("dev.py", "dev"), ("dev_1_5x.py", "dev-1_5x"),
                                             ("dev_1_25x.py", "dev-1_25x"),
                                             ("dev_gkd4x.py", "dev-gkd4x"),
-                                            ("dev_gkd8x.py", "dev-gkd8x")])
+                                            ("dev_gkd8x.py", "dev-gkd8x"),
+                                            ("dev_gkd_kl_only.py", "dev-gkd-kl-only"),
+                                            ("dev_gkd_lr1e3.py", "dev-gkd-lr1e3")])
 def test_committed_dev_pipelines_are_their_compiled_recipes(shared_data, recipe, folder):
     root = REPO / "pipelines" / folder
     texts = render(build_pipeline(load_recipe(REPO / "recipes" / recipe), root))
