@@ -10,7 +10,9 @@ its own shards of both from their safetensors, never a whole model):
 
 `PUZZLE_GKD_RECOMPUTE=1` recomputes each decoder layer of the child in the backward instead of
 keeping its activations: the same child for less memory (a 70B pair needs it, docs/scale.md).
-Only rank 0 writes the outputs and the MLflow run. An interrupted run resumes from the checkpoint
+With `gkd.teacher_top_k` the parent is not loaded: the child learns from the parent's top-k
+computed once by the `teacher` stage (artifacts/teacher/). Only rank 0 writes the outputs and
+the MLflow run. An interrupted run resumes from the checkpoint
 folder `<gkd dir>.resume/` when rerun with the same params, on any number of ranks.
 """
 
@@ -27,6 +29,7 @@ def main(params: Params, item: str | None) -> None:
     import numpy as np
 
     from puzzle_dsl.gkd.distill import distill, summary, write_plot
+    from puzzle_dsl.gkd.teacher import load_teacher
     from puzzle_dsl.model.checkpoint import load_child, load_parent, save_child
     from puzzle_dsl.pipeline import layout
     from puzzle_dsl.train import distributed
@@ -44,18 +47,20 @@ def main(params: Params, item: str | None) -> None:
     cfg = params.gkd
     device = distributed.local_device("auto")
     distributed.init_from_env(device)
+    train = np.load(Path(layout.CORPUS_DIR) / "train.npy", mmap_mode="r")
+    cached = cfg.teacher_top_k is not None  # the parent's top-k from the teacher stage
+    teacher = load_teacher(layout.TEACHER_DIR, train, cfg.teacher_top_k) if cached else None
     if distributed.rank_world()[1] > 1 and sharding_from_env() == "fsdp":
         dtype = param_dtype_from_env(device)  # each rank reads only its own shards
-        parent = load_sharded(layout.PARENT_DIR, device, dtype)
+        parent = None if cached else load_sharded(layout.PARENT_DIR, device, dtype)
         child, tokenizer = load_sharded(layout.assembled_dir(item), device, dtype), None
     else:
-        parent = load_parent(layout.PARENT_DIR)[0].to(device)
+        parent = None if cached else load_parent(layout.PARENT_DIR)[0].to(device)
         child, tokenizer = load_child(layout.assembled_dir(item))
         child.to(device)
-    train = np.load(Path(layout.CORPUS_DIR) / "train.npy", mmap_mode="r")
     resume = Path(f"{layout.gkd_dir(item)}.resume")
     t0 = time.perf_counter()
-    log = distill(child, parent, train, cfg, checkpoint=resume)
+    log = distill(child, parent, train, cfg, teacher=teacher, checkpoint=resume)
     seconds = time.perf_counter() - t0
     if is_sharded(child):  # gathered whole on rank 0, into an unsharded copy
         trained = full_state(child)

@@ -61,7 +61,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 HEADER = "# Compiled from recipe {name!r} by `puzzle-dsl compile`: edit the recipe, not this file.\n"
 CODE_STAGE = "code"
 PROGRAMS = ("parent", "corpus", "calibrate", "bld", "score", "influence", "runtime", "search",
-            "assemble", "gkd", "evaluate", "benchmark", "export", "report")
+            "assemble", "teacher", "gkd", "evaluate", "benchmark", "export", "report")
 
 
 class CompileError(RecipeError):
@@ -522,6 +522,11 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
               [layout.PARENT_EVAL_METRICS]),
     ]
     libraries = [layout.library_dir(v) for v in trained]
+    teacher = [P]  # what GKD learns from: the parent, or its top-k computed once for every child
+    if params["gkd"].get("teacher_top_k"):
+        teacher = [layout.TEACHER_DIR]
+        stages.append(Stage("teacher", None, "the parent's top-k next tokens on the GKD rows",
+                            ["gkd.teacher_top_k"], [P, C], teacher, [layout.TEACHER_METRICS]))
     name = params["recipe"]["name"]
     children = params["report"]["children"]  # the solutions, then the baselines
     for sol in children:
@@ -529,7 +534,7 @@ def build_stages(params: dict, shape: ParentShape) -> list[Stage]:
         stages += [
             Stage("assemble", sol, f"assemble child {sol} from the library", [],
                   [layout.SEARCH_DIR, P, *libraries], [assembled]),
-            Stage("gkd", sol, f"global distillation of {sol}", ["gkd"], [assembled, P, C],
+            Stage("gkd", sol, f"global distillation of {sol}", ["gkd"], [assembled, *teacher, C],
                   [gkd], [layout.gkd_metrics(sol)], [layout.gkd_plot(sol)]),
             Stage("evaluate", sol, f"evaluate {sol}", ["evaluate"],
                   [gkd, assembled, P, C, *ext["evaluate"]], [layout.eval_items(sol)],

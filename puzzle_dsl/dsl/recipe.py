@@ -611,7 +611,12 @@ class Search(SearchLimits, _Checks):
 class GKD(Training):
     """Global knowledge distillation of each assembled child (PUZZLE.md section 6): the loss
     weights the cosine of every layer's hidden states, the KL to the parent's next-token
-    distribution and the LM loss. Also params.yaml `gkd`."""
+    distribution and the LM loss. Also params.yaml `gkd`.
+
+    `teacher_top_k=k` computes the parent's k most likely next tokens on the GKD rows once (the
+    `teacher` stage) and every child's GKD trains against them without running the parent: the
+    KL over those k tokens plus one bucket for the rest. It needs cosine_weight=0 (the parent's
+    hidden states are not cached)."""
 
     tokens: Int(ge=1) = 500_000
     grad_accum: Int(ge=1) = 1
@@ -619,6 +624,7 @@ class GKD(Training):
     kl_weight: Num(ge=0.0) = 1.0
     lm_loss_weight: Num(ge=0.0) = 0.0
     checkpoint_every: Int(ge=1) = 50
+    teacher_top_k: Int(ge=1) | None = None
 
     def _check(self) -> None:
         if self.cosine_weight == self.kl_weight == self.lm_loss_weight == 0:
@@ -685,6 +691,12 @@ class Recipe(_Checks):
         if objective is not None and objective != wanted:
             self.fail(f'search objective {objective!r} does not match scoring metric '
                       f'{self.scoring.metric!r}: use objective="{wanted}" or leave it None')
+        gkd = self.gkd  # here, not in GKD: the teacher stage validates gkd.teacher_top_k alone
+        if gkd.teacher_top_k is not None and gkd.cosine_weight > 0:
+            self.fail(f"gkd.teacher_top_k={gkd.teacher_top_k} caches the parent's top-k next "
+                      "tokens, not its hidden states, so GKD's cosine term cannot be computed: "
+                      "set GKD(cosine_weight=0), or drop teacher_top_k to run the parent in GKD",
+                      "gkd")
 
     @property
     def objective(self) -> str:

@@ -4,6 +4,10 @@ loss = cosine_weight * sum_layers mean_tokens (1 - cos(h_child, h_parent))
      + kl_weight * mean_tokens KL(parent || child) + lm_loss_weight * LM loss (off by default).
 Hidden states are the outputs of each decoder layer, aligned layer by layer.
 
+With a cached teacher (`gkd.teacher_top_k`, gkd/teacher.py) the parent does not run here: the
+KL is taken against its top-k next-token log-probs, computed once for every child, and the
+cosine term (which needs the parent's hidden states) is off.
+
 Runs on one process, or under `torchrun` (gloo on CPU, NCCL on GPU) with the child and parent
 replicated (DDP, the default) or sharded (`PUZZLE_GKD_SHARDING=fsdp`: FSDP2, train/sharding.py):
 every micro-batch of `batch_size` sequences is split across ranks, so the same global batch gives
@@ -29,7 +33,7 @@ from puzzle_dsl.pipeline.atomic import atomic_file
 from puzzle_dsl.pipeline.progress import token_bar
 from puzzle_dsl.train.batches import epoch_rows
 from puzzle_dsl.train.distributed import mean_across_ranks, rank_slice, rank_world
-from puzzle_dsl.train.losses import next_token_nll, token_kl
+from puzzle_dsl.train.losses import next_token_nll, token_kl, top_k_kl
 from puzzle_dsl.train.optim import make_optimizer, warmup_cosine_scheduler
 from puzzle_dsl.train.sharding import (
     is_sharded,
@@ -41,6 +45,8 @@ from puzzle_dsl.train.sharding import (
     sharding_from_env,
 )
 
+# the parent's cached top-k at some rows: log-probs, token ids, log of the mass left outside
+TopK = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 PLOT_COLUMNS = ("step", "loss", "cosine", "kl", "lm_loss", "lr", "tokens")
 
 
@@ -57,6 +63,11 @@ def kl_loss(parent_logits: torch.Tensor, child_logits: torch.Tensor) -> torch.Te
     """Mean over tokens of KL(parent || child); logits (B, T, V)."""
     return token_kl(F.log_softmax(parent_logits.float(), dim=-1),
                     F.log_softmax(child_logits.float(), dim=-1)).mean()
+
+
+def top_k_kl_loss(targets: TopK, child_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(parent || child) against the parent's cached top-k (B, T, k)."""
+    return top_k_kl(*targets, F.log_softmax(child_logits.float(), dim=-1)).mean()
 
 
 def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -78,14 +89,20 @@ def layer_outputs(model: torch.nn.Module):
             h.remove()
 
 
-def distill_loss(child: torch.nn.Module, parent: torch.nn.Module, ids: torch.Tensor,
-                 cfg: GKD, forward=None) -> tuple[torch.Tensor, dict[str, float]]:
-    """(weighted loss, its parts) for one batch `ids` (B, T); `forward` is the (DDP) child call."""
-    with torch.no_grad(), layer_outputs(parent) as parent_h:
-        parent_logits = parent(input_ids=ids, use_cache=False).logits
-    with layer_outputs(child) as child_h:
+def distill_loss(child: torch.nn.Module, parent: torch.nn.Module | None, ids: torch.Tensor,
+                 cfg: GKD, forward=None, targets: TopK | None = None,
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """(weighted loss, its parts) for one batch `ids` (B, T); `forward` is the (DDP) child call.
+    `targets`: the parent's cached top-k for these rows, in place of running `parent`."""
+    if targets is not None:
         logits = (forward or child)(input_ids=ids, use_cache=False).logits
-    cos, kl = cosine_loss(child_h, parent_h), kl_loss(parent_logits, logits)
+        cos, kl = torch.zeros(()), top_k_kl_loss(targets, logits)
+    else:
+        with torch.no_grad(), layer_outputs(parent) as parent_h:
+            parent_logits = parent(input_ids=ids, use_cache=False).logits
+        with layer_outputs(child) as child_h:
+            logits = (forward or child)(input_ids=ids, use_cache=False).logits
+        cos, kl = cosine_loss(child_h, parent_h), kl_loss(parent_logits, logits)
     lm = lm_loss(logits, ids)
     loss = cfg.cosine_weight * cos + cfg.kl_weight * kl + cfg.lm_loss_weight * lm
     return loss, {"loss": loss.item(), "cosine": cos.item(), "kl": kl.item(), "lm_loss": lm.item()}
@@ -105,20 +122,29 @@ def run_fingerprint(cfg: GKD, child: torch.nn.Module, seq_len: int, n_seq: int) 
 
 
 # ---------------------------------------------------------------- the loop
-def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, cfg: GKD,
-            *, checkpoint: str | Path | None = None, stop_after: int | None = None,
-            progress: bool = True) -> list[dict]:
+def distill(child: torch.nn.Module, parent: torch.nn.Module | None, train: np.ndarray,
+            cfg: GKD, *, teacher: tuple[np.ndarray, ...] | None = None, checkpoint: str | Path | None = None,
+            stop_after: int | None = None, progress: bool = True) -> list[dict]:
     """Train `child` in place against the frozen `parent` on rows of `train` (int [n_seq, T]).
 
+    `teacher`: the parent's top-k targets for every row of `train` (gkd/teacher.py: arrays
+    [n_seq, T, k], [n_seq, T, k], [n_seq, T]), used instead of running `parent` (then None).
     Returns the log (one dict per optimizer step, PLOT_COLUMNS). `checkpoint`: folder to resume
     from and save to every cfg.checkpoint_every steps (train/sharding.py). `stop_after`: stop
     after that many steps (an interruption, for tests).
     """
+    if (teacher is None) == (parent is None):
+        raise ValueError("distill needs the parent or its cached teacher targets, not both")
+    if teacher is not None and cfg.cosine_weight > 0:
+        raise ValueError(f"gkd.cosine_weight={cfg.cosine_weight} needs the parent's hidden "
+                         "states, which the cached teacher (gkd.teacher_top_k) does not hold: "
+                         "set gkd.cosine_weight to 0, or teacher_top_k to null")
     rank, world = rank_world()
     device = next(child.parameters()).device
     n_seq, seq_len = train.shape
     total = cfg.total_steps(seq_len)
-    parent.eval().requires_grad_(False)
+    if parent is not None:
+        parent.eval().requires_grad_(False)
     child.train()
     torch.manual_seed(cfg.seed)
     fingerprint = run_fingerprint(cfg, child, seq_len, n_seq)
@@ -129,7 +155,7 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
     if fsdp:  # before the optimizer: it must hold the sharded parameters
         param_dtype = param_dtype_from_env(device)
         for model in (child, parent):  # the gkd stage loads them sharded already
-            if not is_sharded(model):
+            if model is not None and not is_sharded(model):
                 shard_decoder(model, param_dtype)
         device = next(child.parameters()).device  # where FSDP put this rank's shards
     optimizer = make_optimizer(child.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
@@ -157,8 +183,10 @@ def distill(child: torch.nn.Module, parent: torch.nn.Module, train: np.ndarray, 
             ids = torch.from_numpy(np.asarray(train[rows], dtype=np.int64)).to(device)  # (b, T)
             sync = micro == cfg.grad_accum - 1 or world == 1
             ctx = contextlib.nullcontext() if sync or fsdp else forward.no_sync()
+            targets = None if teacher is None else tuple(
+                torch.from_numpy(np.asarray(a[rows])).to(device) for a in teacher)
             with ctx:
-                loss, parts = distill_loss(child, parent, ids, cfg, forward)
+                loss, parts = distill_loss(child, parent, ids, cfg, forward, targets)
                 (loss / cfg.grad_accum).backward()
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.grad_accum

@@ -24,6 +24,10 @@ CALIBRATION_FILE = f"{ARTIFACTS}/calibration/channel_contributions.safetensors"
 # ShortGPT block influence of every parent layer (depth-pruning baseline): {"layers": [BI, ...]}
 INFLUENCE_FILE = f"{ARTIFACTS}/influence/block_influence.json"
 
+# the cached teacher: the parent's top-k log-probs on the GKD rows (gkd/teacher.py FILES)
+TEACHER_DIR = f"{ARTIFACTS}/teacher"
+TEACHER_METRICS = f"{METRICS}/teacher.json"
+
 # runtime table of every block shape + the parent end to end
 RUNTIME_DIR = f"{ARTIFACTS}/runtime"
 RUNTIME_METRICS = f"{METRICS}/runtime.json"
