@@ -10,10 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
 from test_compiler import smol
-from test_gkd import CFG, REPO, child_dir, one_thread, rows  # noqa: F401
+from test_gkd import (  # noqa: F401
+    CFG,
+    REPO,
+    _free_port,
+    child_dir,
+    max_diff,
+    one_thread,
+    params_of,
+    rows,
+)
 
 from puzzle_dsl.compiler.build import build_pipeline
 from puzzle_dsl.dsl.recipe import GKD, RecipeError
@@ -29,6 +39,7 @@ from puzzle_dsl.gkd.teacher import (
 from puzzle_dsl.model.checkpoint import load_child, load_parent
 from puzzle_dsl.pipeline import layout
 from puzzle_dsl.pipeline.run_stage import run_stage
+from puzzle_dsl.train import sharding as sharding_mod
 from puzzle_dsl.train.losses import token_kl, top_k_kl, top_k_targets
 
 KL_ONLY = CFG.replace(cosine_weight=0.0)
@@ -132,6 +143,38 @@ def test_gkd_refuses_the_cosine_term_or_a_missing_teacher(tiny_parent_dir, child
         distill(child, None, rows(0), CFG.replace(teacher_top_k=8), teacher=teacher)
     with pytest.raises(ValueError, match="the parent or its cached teacher targets"):
         distill(child, None, rows(0), KL_ONLY)
+
+
+def _rank_main(rank: int, world: int, port: int, child_dir, teacher, out, sharding) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ[sharding_mod.SHARDING_ENV] = sharding
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        child, _ = load_child(child_dir)
+        distill(child, None, rows(0), KL_ONLY.replace(teacher_top_k=16), teacher=teacher,
+                progress=False)
+        state = sharding_mod.full_state(child) if sharding == "fsdp" else child.state_dict()
+        if rank == 0:
+            torch.save(state, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_gloo_ranks_on_the_cached_teacher_match_one_process(tiny_parent_dir, child_dir,
+                                                                tmp_path, sharding):
+    parent, _ = load_parent(tiny_parent_dir)
+    teacher = parent_top_k(parent, rows(0), 16, batch_size=8, progress=False)
+    mp.start_processes(_rank_main, args=(2, _free_port(), child_dir, teacher,
+                                         tmp_path / "ranks.pt", sharding),
+                       nprocs=2, start_method="fork")
+    single, _ = load_child(child_dir)
+    distill(single, None, rows(0), KL_ONLY.replace(teacher_top_k=16), teacher=teacher,
+            progress=False)
+    assert max_diff(params_of(single), torch.load(tmp_path / "ranks.pt", weights_only=True)) < 1e-5
 
 
 # ---------------------------------------------------------------- recipe and compiler
