@@ -31,12 +31,6 @@ def median_iqr(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), q[2] - q[0]
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pipeline", type=Path)
@@ -57,23 +51,21 @@ def main() -> None:
     tokens = args.steps * args.batch * seq_len
 
     teacher_s, rates = [], {(c, m): [] for c in children for m in ("live", "cached")}
-    mass = None
     for r in range(args.rounds):
-        box = {}
-        teacher_s.append(timed(lambda: box.update(t=parent_top_k(parent, rows, args.k, 8,
-                                                                  progress=False))))
-        mass = covered_mass(box["t"][2])
+        t0 = time.perf_counter()
+        teacher = parent_top_k(parent, rows, args.k, 8, progress=False)
+        teacher_s.append(time.perf_counter() - t0)
         for c in children:
-            order = ("live", "cached") if r % 2 == 0 else ("cached", "live")
-            for mode in order:
+            for mode in ("live", "cached") if r % 2 == 0 else ("cached", "live"):
                 child, _ = load_child(root / layout.assembled_dir(c))
+                t0 = time.perf_counter()
                 if mode == "live":
-                    s = timed(lambda: distill(child, parent, rows, live, progress=False))
+                    distill(child, parent, rows, live, progress=False)
                 else:
-                    s = timed(lambda: distill(child, None, rows, cached, teacher=box["t"],
-                                              progress=False))
-                rates[(c, mode)].append(tokens / s)
+                    distill(child, None, rows, cached, teacher=teacher, progress=False)
+                rates[(c, mode)].append(tokens / (time.perf_counter() - t0))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
+    mass = covered_mass(teacher[2])
 
     teacher_rate = median_iqr([tokens / s for s in teacher_s])
     print(f"\n{tokens} tokens a run ({args.steps} steps of {args.batch} x {seq_len}); "

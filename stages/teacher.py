@@ -18,11 +18,11 @@ BATCH_ROWS = 8  # sequences per parent forward; the targets do not depend on it
 
 
 def main(params: Params, item: str | None) -> None:
+    import numpy as np
+
     from puzzle_dsl.corpus.dataset import split_file
     from puzzle_dsl.gkd.teacher import covered_mass, parent_top_k, save_teacher
     from puzzle_dsl.model.checkpoint import load_parent_on_device
-
-    import numpy as np
 
     k = params.gkd.teacher_top_k
     train = np.load(split_file("train"), mmap_mode="r")
