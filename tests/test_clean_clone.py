@@ -65,7 +65,9 @@ def test_dev_recipe_without_the_data_says_where_to_put_it(tmp_path):
                                             ("dev_gkd_lr1e3.py", "dev-gkd-lr1e3"),
                                             ("dev_gkd_teacher.py", "dev-gkd-teacher"),
                                             ("dev_gkd_teacher_4ep.py", "dev-gkd-teacher-4ep"),
-                                            ("dev_gkd16x_teacher.py", "dev-gkd16x-teacher")])
+                                            ("dev_gkd16x_teacher.py", "dev-gkd16x-teacher"),
+                                            ("dev_1_5x_teacher.py", "dev-1_5x-teacher"),
+                                            ("dev_1_5x_realtext.py", "dev-1_5x-realtext")])
 def test_committed_dev_pipelines_are_their_compiled_recipes(shared_data, recipe, folder):
     root = REPO / "pipelines" / folder
     texts = render(build_pipeline(load_recipe(REPO / "recipes" / recipe), root))
